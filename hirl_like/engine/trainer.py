@@ -1,0 +1,322 @@
+"""The training loop (open_clip's shape): per-iteration schedules, autocast forward, one summed
+loss, one backward, gradient clipping over every trainable parameter, optimizer step, EMA update,
+logging; atomic checkpoints that resume exactly; exported backbones.
+
+Exact resume: the data order is a pure function of (seed, epoch), augmentations of (seed, epoch,
+index), masks of (seed, iteration, rank), and the global torch RNG (drop path) is re-seeded from
+(seed, iteration, rank) every step, so a run resumed from a checkpoint takes the same steps as
+one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from hirl_like.config import save_config, to_dict
+from hirl_like.data.loader import build_train_loader
+from hirl_like.data.tokenizer import ClipTokenizer
+from hirl_like.distributed import all_gather_no_grad, all_reduce_sum, barrier
+from hirl_like.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    TEXT_EXPORT_NAME,
+    VISION_EXPORT_NAME,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_atomic,
+)
+from hirl_like.engine.dist_setup import DistInfo
+from hirl_like.engine.logger import RunningMeans, TrainLogger
+from hirl_like.engine.optim import build_optimizer
+from hirl_like.pipelines.step_cache import step_seed
+from hirl_like.registry import DATASETS, PIPELINES, TRANSFORMS
+from hirl_like.schedules import Progress
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Tensors (also inside lists and dicts) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def build_dataset(cfg: DictConfig, needs_text: bool) -> torch.utils.data.Dataset:
+    transform = TRANSFORMS.build(cfg.transform)
+    context_length = int(cfg.pipeline.get("text", {}).get("context_length", 77)) if cfg.pipeline.get("text") else 77
+    tokenizer = ClipTokenizer(context_length=context_length) if needs_text else None
+    return DATASETS.build(cfg.data, transform=transform, tokenizer=tokenizer, seed=int(cfg.seed))
+
+
+class Trainer:
+    """Builds everything from a resolved config and runs :meth:`fit`."""
+
+    def __init__(self, cfg: DictConfig, dist: DistInfo) -> None:
+        self.cfg = cfg
+        self.dist = dist
+        self.device = dist.device
+        self.output_dir = Path(cfg.output_dir)
+        self.is_main = dist.rank == 0
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / "config.yaml")
+
+        torch.manual_seed(int(cfg.seed))  # model init is identical on every rank
+        self.pipeline: nn.Module = PIPELINES.build(cfg.pipeline).to(self.device)
+        needs_text = getattr(self.pipeline.backbones, "student_text", None) is not None
+        self.dataset = build_dataset(cfg, needs_text)
+
+        self.batch_size = int(cfg.batch_size)
+        global_batch = self.batch_size * dist.world_size
+        self.iters_per_epoch = len(self.dataset) // global_batch
+        if self.iters_per_epoch == 0:
+            raise ValueError(
+                f"the dataset has {len(self.dataset)} samples, fewer than one global batch "
+                f"({self.batch_size} x {dist.world_size} processes); lower batch_size."
+            )
+        self.total_iterations = int(cfg.epochs) * self.iters_per_epoch
+        if cfg.max_iterations is not None:
+            self.total_iterations = min(self.total_iterations, int(cfg.max_iterations))
+        self.schedule_iterations = int(cfg.epochs) * self.iters_per_epoch  # schedules span the full run
+
+        self.optimizer, self.opt_schedule = build_optimizer(
+            cfg.optimizer, self.pipeline, global_batch, self.iters_per_epoch, self.schedule_iterations, self.device
+        )
+        self.autocast_dtype = PRECISIONS.get(str(cfg.precision))
+        if str(cfg.precision) not in PRECISIONS:
+            raise ValueError(f"precision={cfg.precision!r}; choose one of {sorted(PRECISIONS)}.")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.iteration = 0
+        self.bad_steps_total = 0
+        self.bad_steps_in_a_row = 0
+        self._resume_if_possible()
+
+        self.model: nn.Module = self.pipeline
+        if dist.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.pipeline,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(cfg.find_unused_parameters),
+            )
+        self.logger = TrainLogger(self.output_dir, enabled=self.is_main, tensorboard=bool(cfg.tensorboard))
+
+    # -- resume ------------------------------------------------------------------------------
+    def _resume_if_possible(self) -> None:
+        path = self.output_dir / CHECKPOINT_NAME
+        if not self.cfg.resume or not path.exists():
+            return
+        state = load_checkpoint(path)
+        try:
+            self.pipeline.load_state_dict(state["model"], strict=True)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path} was written by a different model than this config builds "
+                f"({str(err).splitlines()[0]} ...). Use another output_dir, or resume=false to start over."
+            ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.bad_steps_total = int(state.get("bad_steps_total", 0))
+        restore_rng_state(state["rng"])
+        if self.is_main:
+            print(f"resumed from {path} at iteration {self.iteration} (epoch {self.iteration / self.iters_per_epoch:.2f})")
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.pipeline.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "epoch": self.iteration // self.iters_per_epoch,
+            "iters_per_epoch": self.iters_per_epoch,
+            "bad_steps_total": self.bad_steps_total,
+            "rng": capture_rng_state(),
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self, numbered_epoch: int | None = None) -> None:
+        if not self.is_main:
+            return
+        state = self._checkpoint_state()
+        save_atomic(state, self.output_dir / CHECKPOINT_NAME)
+        if numbered_epoch is not None:
+            save_atomic(state, self.output_dir / f"checkpoint{numbered_epoch:04d}.pth")
+        save_atomic(self.pipeline.export_vision().export_state_dict(), self.output_dir / VISION_EXPORT_NAME)
+        text = self.pipeline.export_text()
+        if text is not None:
+            text["tokenizer"] = {"name": "clip_bpe", "context_length": int(text["text_config"].get("context_length", 77))}
+            save_atomic(text, self.output_dir / TEXT_EXPORT_NAME)
+
+    # -- one step ----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, batch: dict[str, Any], progress: Progress) -> dict[str, float] | None:
+        """One optimisation step; returns the logged scalars, or None when the step was skipped."""
+        lr, wd = self.opt_schedule.apply(self.optimizer, progress.iteration)
+        schedules = self.pipeline.update_schedules(progress)
+        torch.manual_seed(step_seed(progress.seed, progress.iteration, self.dist.rank))  # drop path
+        batch = move_to(batch, self.device)
+        with self._autocast():
+            out = self.model(batch)
+        loss = out["loss"]
+        if not self._all_finite(loss):
+            self._skip_step(out, "loss")
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.pipeline.parameters() if p.grad is not None]
+        clip = self.cfg.grad_clip
+        if clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip))
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
+        if not self.scaler.is_enabled() and not self._all_finite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip_step(out, "gradient")
+            return None
+        self.pipeline.before_optimizer_step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pipeline.after_optimizer_step()
+        self.bad_steps_in_a_row = 0
+        values = {k: float(v.detach()) for k, v in out.items()}
+        values.update(schedules)
+        values.update({"lr": lr, "weight_decay": wd, "grad_norm": float(grad_norm)})
+        return values
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        bad = torch.tensor(0.0 if torch.isfinite(value.detach()).all() else 1.0, device=self.device)
+        return bool(all_reduce_sum(bad).item() == 0)  # every rank skips together
+
+    def _skip_step(self, out: dict[str, torch.Tensor], where: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_steps_total += 1
+        self.bad_steps_in_a_row += 1
+        bad_terms = [k for k, v in out.items() if k != "loss" and not torch.isfinite(v.detach()).all()] or ["loss"]
+        message = (
+            f"iteration {self.iteration}: non-finite {where} (terms: {', '.join(bad_terms)}); step skipped "
+            f"({self.bad_steps_in_a_row} in a row, {self.bad_steps_total} in total)"
+        )
+        if self.is_main:
+            print(message)
+            self.logger.log({"type": "skipped_step", "iteration": self.iteration, "where": where, "terms": bad_terms})
+        limit = int(self.cfg.max_bad_steps)
+        if self.bad_steps_in_a_row >= limit:
+            raise NonFiniteLossError(
+                f"{limit} consecutive steps had a non-finite {where} (terms: {', '.join(bad_terms)}). "
+                "The last good checkpoint is kept. Try precision=bf16 instead of fp16, AdamW "
+                "optimizer.betas=[0.9,0.98] optimizer.eps=1e-6, or a lower optimizer.lr."
+            )
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.pipeline.train()
+        means = RunningMeans()
+        start_time = time.time()
+        images_seen = 0
+        progress_bar = None
+        if self.is_main and cfg.progress_bar:
+            from tqdm import tqdm
+
+            progress_bar = tqdm(total=self.total_iterations, initial=self.iteration, desc="train", dynamic_ncols=True)
+        last_values: dict[str, float] = {}
+        while self.iteration < self.total_iterations:
+            epoch, start_in_epoch = divmod(self.iteration, self.iters_per_epoch)
+            loader = build_train_loader(
+                self.dataset,
+                batch_size=self.batch_size,
+                num_workers=int(cfg.num_workers),
+                seed=int(cfg.seed),
+                epoch=epoch,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                start_iteration=start_in_epoch,
+                pin_memory=self.device.type == "cuda",
+            )
+            for batch in loader:
+                if self.iteration >= self.total_iterations:
+                    break
+                progress = Progress(self.iteration, self.iters_per_epoch, self.schedule_iterations, int(cfg.seed))
+                tic = time.time()
+                values = self.train_step(batch, progress)
+                self.iteration += 1
+                if values is not None:
+                    images_seen += self.batch_size * self.dist.world_size
+                    values["step_time"] = time.time() - tic
+                    means.update(values)
+                    last_values = values
+                if progress_bar is not None:
+                    progress_bar.update(1)
+                    if values is not None:
+                        progress_bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=f"{self.iteration / self.iters_per_epoch:.2f}")
+                if self.iteration % int(cfg.log_interval) == 0 or self.iteration == self.total_iterations:
+                    self._log_window(means, start_time, images_seen)
+                if cfg.checkpoint_interval and self.iteration % int(cfg.checkpoint_interval) == 0:
+                    self.save()
+            epoch_done = self.iteration // self.iters_per_epoch
+            if self.iteration % self.iters_per_epoch == 0 or self.iteration >= self.total_iterations:
+                numbered = epoch_done if cfg.save_interval and epoch_done % int(cfg.save_interval) == 0 else None
+                self.save(numbered_epoch=numbered)
+        if progress_bar is not None:
+            progress_bar.close()
+        summary = self._finish(last_values, time.time() - start_time)
+        self.logger.close()
+        return summary
+
+    def _log_window(self, means: RunningMeans, start_time: float, images_seen: int) -> None:
+        record = {
+            "type": "train",
+            "iteration": self.iteration,
+            "epoch": round(self.iteration / self.iters_per_epoch, 4),
+            **{k: round(v, 6) for k, v in means.means().items()},
+            "images_per_sec": images_seen / max(time.time() - start_time, 1e-9),
+        }
+        self.logger.log(record, step=self.iteration)
+        means.reset()
+
+    def _finish(self, last_values: dict[str, float], wall: float) -> dict[str, Any]:
+        """Check that every rank ended with the same weights (gradients were in sync) and summarise."""
+        checksum = torch.stack([p.detach().double().sum() for p in self.pipeline.parameters()]).sum().reshape(1)
+        checksums = all_gather_no_grad(checksum.to(self.device)).cpu().tolist()
+        in_sync = all(math.isclose(c, checksums[0], rel_tol=0, abs_tol=1e-9) for c in checksums)
+        summary = {
+            "type": "summary",
+            "iterations": self.iteration,
+            "wall_time_s": round(wall, 2),
+            "world_size": self.dist.world_size,
+            "skipped_steps": self.bad_steps_total,
+            "params_in_sync": in_sync,
+            "param_checksums": checksums,
+            "final": {k: round(v, 6) for k, v in last_values.items()},
+        }
+        self.logger.log(summary)
+        barrier()
+        if not in_sync:
+            raise RuntimeError(f"ranks ended with different weights: checksums {checksums}")
+        return summary

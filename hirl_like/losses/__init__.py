@@ -1,0 +1,3 @@
+"""Losses: one file per objective, each a plain nn.Module registered in LOSSES."""
+
+from hirl_like.losses import clip, dino, ibot, mae, mlm, siglip, simclr, text_distill  # noqa: F401

@@ -1,0 +1,131 @@
+"""Vision Transformer on timm with the two extra paths the objectives need.
+
+- iBOT path: ``forward_tokens(x, mask=...)`` replaces masked patch embeddings by a learned
+  mask token *before* position embeddings are added (iBOT, BEiT).
+- MAE path: ``forward_tokens(x, ids_keep=...)`` drops removed patches after position embedding,
+  so the encoder runs on the visible tokens only (MAE's ~3x saving).
+
+The module is a ``timm.models.vision_transformer.VisionTransformer`` subclass, so its state dict
+(minus ``mask_token``) loads strictly into ``timm.create_model(timm_name, num_classes=0,
+img_size=..., patch_size=...)``; :meth:`export_state_dict` writes exactly those keys.
+Attention goes through timm's fused ``scaled_dot_product_attention``; no attention maps are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
+
+from hirl_like.registry import MODELS
+
+# arch -> (embed_dim, depth, num_heads, timm model family name)
+VIT_ARCHS: dict[str, tuple[int, int, int, str]] = {
+    "vit_tiny": (192, 12, 3, "vit_tiny_patch16_224"),
+    "vit_small": (384, 12, 6, "vit_small_patch16_224"),
+    "vit_base": (768, 12, 12, "vit_base_patch16_224"),
+    "vit_large": (1024, 24, 16, "vit_large_patch16_224"),
+}
+
+
+@MODELS.register("vit", aliases=("VisionTransformer",))
+class VisionTransformer(TimmVisionTransformer):
+    """timm ViT (``num_classes=0``) with an optional iBOT mask token and an MAE token-drop path.
+
+    Args:
+        arch: one of ``VIT_ARCHS`` (vit_tiny/small/base/large).
+        img_size, patch_size: input and patch size (digits use 32 and 4).
+        drop_path_rate: stochastic depth (Harmony student: 0.1; teachers: 0).
+        depth, embed_dim, num_heads: override the arch's value (tiny test models).
+        mask_token: create the learned iBOT mask token (only pipelines that mask need it;
+            an unused parameter would upset DDP).
+        pos_embed: "learned" (CLIP/iBOT) or "sincos" (fixed 2-D sin-cos, MAE's encoder).
+    """
+
+    def __init__(
+        self,
+        arch: str = "vit_small",
+        img_size: int = 224,
+        patch_size: int = 16,
+        drop_path_rate: float = 0.0,
+        depth: int | None = None,
+        embed_dim: int | None = None,
+        num_heads: int | None = None,
+        mask_token: bool = False,
+        pos_embed: str = "learned",
+    ) -> None:
+        if arch not in VIT_ARCHS:
+            raise ValueError(f"unknown ViT arch {arch!r}; choose one of {sorted(VIT_ARCHS)}.")
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}.")
+        if pos_embed not in ("learned", "sincos"):
+            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}.")
+        default_dim, default_depth, default_heads, timm_name = VIT_ARCHS[arch]
+        self.timm_kwargs: dict[str, Any] = {
+            "img_size": img_size,
+            "patch_size": patch_size,
+            "embed_dim": embed_dim or default_dim,
+            "depth": depth or default_depth,
+            "num_heads": num_heads or default_heads,
+            "num_classes": 0,
+        }
+        super().__init__(drop_path_rate=drop_path_rate, **self.timm_kwargs)
+        self.arch = arch
+        self.timm_name = timm_name
+        self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim)) if mask_token else None
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
+        if pos_embed == "sincos":
+            from hirl_like.models.pos_embed import sincos_2d_pos_embed
+
+            table = sincos_2d_pos_embed(self.embed_dim, *self.grid_size, cls_token=True)
+            self.pos_embed.data.copy_(table.unsqueeze(0))
+            self.pos_embed.requires_grad_(False)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def forward_tokens(
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        ids_keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Normalised output tokens.
+
+        Args:
+            images: (B, 3, H, W).
+            mask: (B, N) bool, True = replace that patch embedding by the mask token (iBOT).
+            ids_keep: (B, K) long, indices of the patches to keep (MAE); others are dropped.
+        Returns:
+            (B, 1 + N, D) tokens, or (B, 1 + K, D) with ``ids_keep``; index 0 is CLS.
+        """
+        x = self.patch_embed(images)  # (B, N, D)
+        if mask is not None:
+            if self.mask_token is None:
+                raise ValueError("this ViT was built without mask_token=True; the iBOT path needs it.")
+            w = mask.flatten(1).unsqueeze(-1).to(x.dtype)
+            x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+        x = self._pos_embed(x)  # adds position embeddings, prepends CLS: (B, 1 + N, D)
+        if ids_keep is not None:
+            patches = torch.gather(x[:, 1:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            x = torch.cat([x[:, :1], patches], dim=1)
+        x = self.norm_pre(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D) CLS features (what evaluation uses)."""
+        return self.forward_tokens(images)[:, 0]
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict with exactly timm's keys (no mask token), for ``main_vit_checkpoint.pth``."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k != "mask_token"}
+
+    def timm_spec(self) -> dict[str, Any]:
+        """How to rebuild this backbone with timm: ``timm.create_model(name, **kwargs)``."""
+        return {"name": self.timm_name, "kwargs": dict(self.timm_kwargs)}

@@ -1,0 +1,205 @@
+"""The composable pipeline: students + EMA teachers + a weighted list of objectives.
+
+Methods are configurations of this one class:
+
+    Harmony  objectives: [clip, ibot, mae, mlm, text_distill]   (with clip.soft_targets: true)
+    CLIP     objectives: [clip]
+    iBOT     objectives: [ibot]
+    SLIP     objectives: [clip, simclr]
+
+``objectives`` accepts a list of names, a ``{name: weight}`` mapping, or the reference code's
+underscore string (``clip_ibot_mae``). Each objective's arguments sit under a pipeline key of
+its own name (``pipeline.ibot.out_dim=8192``); argument nodes of objectives that are not listed
+are ignored, so one base config can hold them all.
+
+forward(batch) returns {"loss": sum_k w_k * L_k, "<name>": L_k (unweighted, detached),
+"<name>/<diagnostic>": ...}: the trainer does one backward on "loss" and logs the rest.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import hirl_like.pipelines.objectives  # noqa: F401  (registers every objective)
+from hirl_like.distributed import get_rank
+from hirl_like.pipelines.backbones import Backbones, ema_update
+from hirl_like.pipelines.step_cache import StepCache
+from hirl_like.registry import OBJECTIVES, PIPELINES
+from hirl_like.schedules import Progress, cosine
+
+
+def parse_objectives(spec: str | Sequence[str] | Mapping[str, float]) -> dict[str, float]:
+    """'clip_ibot_mae' | [clip, ibot] | {clip: 1.0, ibot: 0.5} -> ordered {name: weight}."""
+    if isinstance(spec, str):
+        names = [n for n in _split_reference_string(spec)]
+        weights = {n: 1.0 for n in names}
+    elif isinstance(spec, Mapping):
+        weights = {str(k): float(v) for k, v in spec.items()}
+    elif isinstance(spec, Sequence):
+        weights = {str(n): 1.0 for n in spec}
+    else:
+        raise ValueError(f"pipeline.objectives must be a list, a mapping or a string, got {spec!r}.")
+    if not weights:
+        raise ValueError(f"pipeline.objectives is empty; choose from {OBJECTIVES.keys()}.")
+    for name in weights:
+        OBJECTIVES.get(name)  # raises with the available names and the closest match
+    return weights
+
+
+def _split_reference_string(spec: str) -> list[str]:
+    """Split 'clip_ibot_mae_mlm_text_distill' greedily on known objective names."""
+    known = sorted(OBJECTIVES.keys(), key=len, reverse=True)
+    names: list[str] = []
+    rest = spec.strip().lower()
+    while rest:
+        for name in known:
+            if rest == name or rest.startswith(name + "_"):
+                names.append(name)
+                rest = rest[len(name) + 1 :]
+                break
+        else:
+            raise ValueError(f"cannot read objective string {spec!r} at {rest!r}; known objectives: {OBJECTIVES.keys()}.")
+    return names
+
+
+@PIPELINES.register("Harmony", aliases=("Composed",))
+class ComposedPipeline(nn.Module):
+    """Args:
+    objectives: which objectives and their weights (see module docstring).
+    vision: MODELS node of the student ViT. text: MODELS node of the text student (optional).
+    embed_dim: joint space size. ema_momentum / ema_momentum_end: teacher EMA momentum, cosine
+        per iteration from start to end over the whole run (Harmony: 0.996 -> 1).
+    **objective_args: one mapping per objective name with its constructor arguments.
+    """
+
+    def __init__(
+        self,
+        objectives: str | Sequence[str] | Mapping[str, float] = ("clip",),
+        vision: Mapping[str, Any] | None = None,
+        text: Mapping[str, Any] | None = None,
+        embed_dim: int = 512,
+        ema_momentum: float = 0.996,
+        ema_momentum_end: float = 1.0,
+        **objective_args: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        if vision is None:
+            raise ValueError("pipeline.vision is required, e.g. {name: vit, arch: vit_small, img_size: 224, patch_size: 16}.")
+        if not 0.0 <= ema_momentum <= 1.0 or not 0.0 <= ema_momentum_end <= 1.0:
+            raise ValueError(f"EMA momenta must lie in [0, 1], got {ema_momentum} -> {ema_momentum_end}.")
+        for key in objective_args:
+            if key not in OBJECTIVES:
+                hint = difflib.get_close_matches(key, OBJECTIVES.keys(), n=1)
+                raise ValueError(
+                    f"pipeline got an unknown argument {key!r}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else ".")
+                    + f" Pipeline arguments: objectives, vision, text, embed_dim, ema_momentum, ema_momentum_end,"
+                    f" or an objective's argument node ({', '.join(OBJECTIVES.keys())})."
+                )
+        self.weights = parse_objectives(objectives)
+        self.backbones = Backbones(dict(vision), dict(text) if text is not None else None, embed_dim)
+        self.objectives = nn.ModuleDict(
+            {
+                name: OBJECTIVES.build({"name": name, **dict(objective_args.get(name) or {})}, backbones=self.backbones)
+                for name in self.weights
+            }
+        )
+        self.backbones.finalize()
+        self.ema_momentum_start = ema_momentum
+        self.ema_momentum_end = ema_momentum_end
+        self.ema_momentum = ema_momentum
+        self._progress = Progress(0, 1, 1)
+
+    @property
+    def has_teachers(self) -> bool:
+        return bool(self._ema_pairs())
+
+    def _ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = list(self.backbones.ema_pairs())
+        for objective in self.objectives.values():
+            pairs.extend(objective.ema_pairs())
+        return pairs
+
+    def update_schedules(self, progress: Progress) -> dict[str, float]:
+        """Set every per-iteration value for this step; returns them for logging."""
+        self._progress = progress
+        values: dict[str, float] = {}
+        if self.has_teachers:
+            self.ema_momentum = cosine(
+                self.ema_momentum_start, self.ema_momentum_end, progress.iteration, progress.total_iterations
+            )
+            values["ema_momentum"] = self.ema_momentum
+        for name, objective in self.objectives.items():
+            values.update({f"{name}/{k}": v for k, v in objective.update_schedules(progress).items()})
+        return values
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        step = StepCache(self.backbones, batch, self._progress, rank=get_rank())
+        total: torch.Tensor | None = None
+        out: dict[str, torch.Tensor] = {}
+        for name, objective in self.objectives.items():
+            terms = objective(step)
+            term = terms["loss"]
+            weighted = self.weights[name] * term
+            total = weighted if total is None else total + weighted
+            out[name] = term.detach()
+            out.update({f"{name}/{k}": v.detach() for k, v in terms.items() if k != "loss"})
+        assert total is not None
+        out["loss"] = total
+        return out
+
+    def before_optimizer_step(self) -> None:
+        for objective in self.objectives.values():
+            objective.before_optimizer_step(self._progress)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        pairs = self._ema_pairs()
+        if pairs:
+            ema_update(pairs, self.ema_momentum)
+        for objective in self.objectives.values():
+            objective.after_optimizer_step()
+
+    def train(self, mode: bool = True) -> "ComposedPipeline":
+        super().train(mode)
+        self.backbones.train(mode)  # keeps teachers in eval mode
+        for objective in self.objectives.values():
+            for student, teacher in objective.ema_pairs():
+                teacher.eval()
+        return self
+
+    # -- export ------------------------------------------------------------------------------
+    def export_vision(self) -> nn.Module:
+        return self.backbones.exported_vision()
+
+    def export_text(self) -> dict[str, Any] | None:
+        """What zero-shot and retrieval need: text encoder, image projection, logit scale."""
+        text, image_projection = self.backbones.exported_text()
+        if text is None or image_projection is None:
+            return None
+        payload: dict[str, Any] = {
+            "text": {k: v.detach().clone() for k, v in text.state_dict().items()},
+            "image_projection": image_projection.weight.detach().clone(),
+            "text_config": dict(self.backbones.text_cfg or {}),
+            "embed_dim": self.backbones.embed_dim,
+        }
+        clip = self.objectives["clip"] if "clip" in self.objectives else None
+        if clip is not None and hasattr(clip, "logit_scale"):
+            payload["logit_scale"] = float(clip.logit_scale.detach().exp())
+        return payload
+
+
+@PIPELINES.register("CLIP")
+def build_clip_pipeline(
+    vision: Mapping[str, Any] | None = None,
+    text: Mapping[str, Any] | None = None,
+    embed_dim: int = 512,
+    clip: Mapping[str, Any] | None = None,
+) -> ComposedPipeline:
+    """CLIP alone (hard targets): ``Harmony`` with ``objectives: [clip]``."""
+    return ComposedPipeline(objectives=["clip"], vision=vision, text=text, embed_dim=embed_dim, clip=dict(clip or {}))

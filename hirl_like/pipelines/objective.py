@@ -1,0 +1,61 @@
+"""Base class of a training objective: one registered term of a pipeline's loss.
+
+An objective owns the modules only it uses (heads, decoders, its loss) and reads everything
+shared (students, EMA teachers, their cached forwards) from a :class:`StepCache`. A method is a
+list of objectives in a YAML file; a new objective is a new file registered in ``OBJECTIVES``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from hirl_like.schedules import Progress
+
+if TYPE_CHECKING:
+    from hirl_like.pipelines.backbones import Backbones
+    from hirl_like.pipelines.step_cache import StepCache
+
+
+class Objective(nn.Module):
+    """Subclasses set the class flags and implement :meth:`forward`.
+
+    Class flags say what the objective needs, so that the pipeline builds only that:
+        needs_text: a text student; needs_vision_teacher / needs_text_teacher: EMA teachers;
+        needs_mask_token: the iBOT mask-token path of the student ViT.
+    """
+
+    needs_text: bool = False
+    needs_vision_teacher: bool = False
+    needs_text_teacher: bool = False
+    needs_mask_token: bool = False
+
+    def __init__(self, backbones: "Backbones") -> None:
+        super().__init__()
+        # Not registered as a child: the pipeline owns the backbones; this is a plain reference.
+        object.__setattr__(self, "_backbones", backbones)
+
+    @property
+    def backbones(self) -> "Backbones":
+        return self._backbones  # type: ignore[return-value]
+
+    def forward(self, step: "StepCache") -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        """Return {"loss": term, other detached diagnostics...}."""
+        raise NotImplementedError
+
+    def update_schedules(self, progress: Progress) -> dict[str, float]:
+        """Set per-iteration values (temperatures, weights) and return them for logging."""
+        return {}
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(student, teacher) modules of this objective that follow the EMA (e.g. iBOT heads)."""
+        return []
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        """Hook after backward, before the step (e.g. iBOT's freeze_last_layer)."""
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Hook after the step (e.g. clamping CLIP's logit scale)."""

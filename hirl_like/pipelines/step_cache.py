@@ -1,0 +1,127 @@
+"""Forwards shared between objectives within one training step, each computed at most once.
+
+Objectives ask the cache, never the models directly, so e.g. the teacher ViT's forward on the
+unmasked global crops serves both iBOT's targets and CLIP's soft image targets, one text
+teacher forward serves soft CLIP and text distillation, and the student's masked-caption forward
+serves MLM and text distillation. Teacher forwards run under ``torch.no_grad``.
+
+Randomness of a step (iBOT block masks, MAE token drop, MLM masking) comes from generators
+seeded by (seed, iteration, rank), so a resumed run draws exactly the same masks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+from hirl_like.pipelines.backbones import Backbones, l2_normalize
+from hirl_like.schedules import Progress
+
+T = TypeVar("T")
+
+
+def step_seed(seed: int, iteration: int, rank: int) -> int:
+    """A 63-bit seed that differs for every (seed, iteration, rank)."""
+    return hash((int(seed), int(iteration), int(rank), "hirl_like.step")) & ((1 << 63) - 1)
+
+
+class StepCache:
+    """Per-step memo of shared forwards.
+
+    Batch keys used: ``global_crops`` (list of (B, 3, H, W)), ``local_crops`` (list),
+    ``text`` (B, L) token ids.
+    """
+
+    def __init__(self, backbones: Backbones, batch: dict[str, Any], progress: Progress, rank: int = 0) -> None:
+        self.backbones = backbones
+        self.batch = batch
+        self.progress = progress
+        seed = step_seed(progress.seed, progress.iteration, rank)
+        self.rng = random.Random(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._memo: dict[str, Any] = {}
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    # -- inputs ------------------------------------------------------------------------------
+    @property
+    def global_crops(self) -> list[torch.Tensor]:
+        crops = self.batch.get("global_crops")
+        if not crops:
+            raise KeyError("the batch has no 'global_crops'; use a transform that makes them (e.g. MultiCropTransform).")
+        return list(crops)
+
+    @property
+    def local_crops(self) -> list[torch.Tensor]:
+        return list(self.batch.get("local_crops") or [])
+
+    @property
+    def text(self) -> torch.Tensor:
+        if "text" not in self.batch:
+            raise KeyError("the batch has no 'text' tokens; this objective needs an image-caption dataset.")
+        return self.batch["text"]
+
+    @property
+    def batch_size(self) -> int:
+        return self.global_crops[0].shape[0]
+
+    # -- vision ------------------------------------------------------------------------------
+    def student_image_embedding(self) -> torch.Tensor:
+        """(B, E) normalised CLIP embedding of global crop 1 by the student."""
+
+        def compute() -> torch.Tensor:
+            cls = self.backbones.student_vision.forward_tokens(self.global_crops[0])[:, 0]
+            return l2_normalize(self.backbones.image_projection(cls))
+
+        return self.memo("student_image_embedding", compute)
+
+    def teacher_global_tokens(self) -> torch.Tensor:
+        """(G*B, 1+N, D) teacher tokens of the unmasked global crops, view-major, no grad."""
+
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                return self.backbones.teacher_vision.forward_tokens(torch.cat(self.global_crops))
+
+        return self.memo("teacher_global_tokens", compute)
+
+    def teacher_image_embedding(self) -> torch.Tensor:
+        """(B, E) normalised teacher CLIP embedding of global crop 1 (reuses teacher_global_tokens)."""
+
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                cls = self.teacher_global_tokens()[: self.batch_size, 0]
+                return l2_normalize(self.backbones.teacher_image_projection(cls))
+
+        return self.memo("teacher_image_embedding", compute)
+
+    # -- text --------------------------------------------------------------------------------
+    def student_text_embedding(self) -> torch.Tensor:
+        """(B, E) normalised caption embedding by the student."""
+        return self.memo("student_text_embedding", lambda: l2_normalize(self.backbones.student_text(self.text)))
+
+    def teacher_text_tokens(self) -> torch.Tensor:
+        """(B, L, W) teacher features of the unmasked caption, no grad."""
+
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                return self.backbones.teacher_text.forward_tokens(self.text)
+
+        return self.memo("teacher_text_tokens", compute)
+
+    def teacher_text_embedding(self) -> torch.Tensor:
+        """(B, E) normalised teacher caption embedding (reuses teacher_text_tokens)."""
+
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                teacher = self.backbones.teacher_text
+                pooled = teacher.pool(self.teacher_text_tokens(), self.text)
+                return l2_normalize(teacher.text_projection(pooled))
+
+        return self.memo("teacher_text_embedding", compute)
+

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from hirl_like.data.image_folder import ImageFolderDataset
+from hirl_like.data.transforms import EvalTransform
+from hirl_like.registry import DATASETS
+
+
+@pytest.fixture
+def folder(tmp_path):
+    # Classes "ankle_boot" (2 images, one in a nested folder) and "cat" (1 grey image); noise files ignored.
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "ankle_boot" / "more").mkdir(parents=True)
+    (tmp_path / ".hidden").mkdir()
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "ankle_boot" / "b.png")
+    Image.new("RGB", (12, 12), (0, 255, 0)).save(tmp_path / "ankle_boot" / "more" / "a.png")
+    Image.new("L", (8, 8), 128).save(tmp_path / "cat" / "x.PNG")
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    Image.new("RGB", (8, 8)).save(tmp_path / ".hidden" / "y.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "top_level.png")
+    return tmp_path
+
+
+def test_layout_classnames_labels(folder):
+    ds = ImageFolderDataset(root=str(folder))
+    assert ds.classnames == ("ankle boot", "cat")
+    assert len(ds) == 3 and ds.targets == [0, 0, 1]
+    paths = [p for p, _ in ds.samples]
+    assert paths[0].endswith("ankle_boot/b.png") and paths[1].endswith("ankle_boot/more/a.png")
+    img, label = ds.load(2)
+    assert img.mode == "RGB" and label == 1 and np.asarray(img)[0, 0].tolist() == [128, 128, 128]
+    s = ds[0]
+    assert "ankle boot" in s["caption"] and s["label"] == 0 and s["image"].shape == (3, 10, 20)
+    assert DATASETS.get("ImageFolder") is ImageFolderDataset
+
+
+def test_image_size_resizes_shorter_side(folder):
+    ds = ImageFolderDataset(root=str(folder), image_size=6, transform=EvalTransform(size=6))
+    img, _ = ds.load(0)
+    assert img.size == (12, 6)
+    assert ds[0]["image"].shape == (3, 6, 6)
+
+
+def test_templates_and_noise(folder):
+    ds = ImageFolderDataset(root=str(folder), templates=["a {}"], caption_noise=1.0)
+    assert [ds[i]["caption"] for i in range(3)] == ["a cat", "a cat", "a ankle boot"]
+
+
+def test_missing_and_empty_root(tmp_path):
+    missing = str(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError) as err:
+        ImageFolderDataset(root=missing)
+    assert missing in str(err.value) and "data.root" in str(err.value)
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        ImageFolderDataset(root=str(tmp_path))
