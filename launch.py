@@ -16,17 +16,22 @@ pass a script flag that has the same name as a launcher flag (e.g. a script's ow
 
 Distribution (``--dist 1``) goes through PyTorch's elastic launcher (the API behind torchrun) with
 the static rendezvous: node ``--nr`` of ``--nn`` meets the others at ``-ma:--port``. Each worker
-runs ``python -u SCRIPT args...`` with RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
-set; ``hirl_like.engine.dist_setup.init_distributed`` reads them. A failed rank ends the whole job
-(the others are terminated), one line per failed rank is printed and the launcher exits with the
-root-cause rank's exit code (128 + signal number for a rank killed by a signal).
+runs ``python -u SCRIPT args...`` (``-u`` as torchrun does, so logs are not held in buffers) with
+RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set;
+``hirl_like.engine.dist_setup.init_distributed`` reads them. A failed rank ends the whole job on
+its node (the others are terminated), one line per failed rank is printed and the launcher exits
+with the root-cause rank's exit code (128 + signal number for a rank killed by a signal). Other
+nodes learn of it when their ranks' next collective fails (or times out): the static rendezvous
+has no cross-node failure channel, exactly as with torchrun.
 
 Worker environment: the repository root is prepended to PYTHONPATH (so scripts can
 ``import hirl_like`` without installing it), and OMP_NUM_THREADS, if unset, becomes
 max(1, cpus // processes per node): torchrun's 1 under-uses CPU-only runs, and splitting the
 cores avoids the oversubscription that torchrun's warning is about.
 
-``--slurm`` submits the same job through submitit instead; see ``SubmititTask``.
+``--slurm`` submits the same job through submitit instead (one task per process; see
+``SubmititTask``). On a real cluster the launcher prints the job id and log folder and returns
+(``--wait`` to block); ``--slurm_cluster local`` / ``debug`` always wait and return 1 if a task failed.
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent
 MONITOR_INTERVAL_S = 0.5  # how often the agent polls its workers: a dead rank is noticed within this
@@ -66,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nn", "--nodes", dest="nn", type=int, default=1, help="number of nodes")
     p.add_argument("--nr", type=int, default=0, help="rank of this node, 0 <= nr < nn")
-    p.add_argument("--port", type=int, default=None, help="rendezvous port (default: a free one; required with --nn > 1)")
+    p.add_argument(
+        "--port", type=int, default=None, help="rendezvous port (default: a free one; required with --nn > 1)"
+    )
     p.add_argument("-ma", "--master_address", default="127.0.0.1", help="address of node 0")
     p.add_argument("--dist", type=int, choices=(0, 1), default=1, help="0: run SCRIPT as one plain process")
     p.add_argument("--max_restarts", type=int, default=0, help="restarts of the worker group after a failure")
@@ -212,8 +219,11 @@ def run_elastic(ns: argparse.Namespace, script_args: list[str]) -> int:
 def describe_failures(err, node_rank: int) -> tuple[list[str], int]:
     """One line per failed rank, root cause first, and the exit code the launcher should return.
 
-    Root cause: the earliest failure (agent detection order breaks ties of the 1-s timestamps)
-    that was not a SIGTERM, because SIGTERM is what the agent sends to the surviving ranks.
+    Root cause: the earliest failure that was not a SIGTERM (SIGTERM is what the agent sends to
+    the surviving ranks). torch's timestamps have 1-s resolution and ranks that die within the
+    same monitor interval are listed in local-rank order, so when a survivor crashes on its own
+    (e.g. "connection closed by peer") in the same instant, the pick between them is a guess;
+    every failed rank is printed either way.
     """
     items = list(err.failures.items())  # insertion order = order the agent saw them exit
     order = sorted(
@@ -294,15 +304,9 @@ class SubmititTask:
         return 0
 
 
-def run_slurm(ns: argparse.Namespace, script_args: list[str]) -> int:
+def make_executor(ns: argparse.Namespace):
+    """submitit executor for ``ns`` (one task per process, ``--np`` tasks and GPUs per node)."""
     import submitit
-
-    if __name__ != "__main__":
-        # Imported as a module (e.g. from a test): ship SubmititTask by value so the job does
-        # not need this repository on its sys.path to unpickle it.
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     if ns.slurm_cluster == "slurm":
         nproc = ns.np if ns.np is not None else 8  # a slurm node is not this machine: no probing
@@ -314,7 +318,7 @@ def run_slurm(ns: argparse.Namespace, script_args: list[str]) -> int:
     executor.update_parameters(
         name=ns.job_name,
         nodes=ns.nn,
-        tasks_per_node=nproc,  # one task per GPU/process
+        tasks_per_node=nproc,
         gpus_per_node=gpus,
         cpus_per_task=ns.cpus_per_task,
         timeout_min=ns.timeout,
@@ -328,6 +332,18 @@ def run_slurm(ns: argparse.Namespace, script_args: list[str]) -> int:
         # one failed task ends the job instead of leaving the others blocked in a collective
         slurm_srun_args=["--kill-on-bad-exit=1"],
     )
+    return executor
+
+
+def run_slurm(ns: argparse.Namespace, script_args: list[str]) -> int:
+    if __name__ != "__main__":
+        # Imported as a module (e.g. from a test): ship SubmititTask by value so the job does
+        # not need this repository on its sys.path to unpickle it.
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    executor = make_executor(ns)
     script = os.path.abspath(ns.launch)
     job = executor.submit(SubmititTask(script, script_args, os.getcwd()))
     print(f"[launch] submitted job {job.job_id} ({ns.slurm_cluster}); logs in {job.paths.folder}", flush=True)

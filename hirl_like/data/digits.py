@@ -9,13 +9,14 @@ bilinear interpolation and replicated to RGB. The train/val split is a fixed str
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-from hirl_like.data.base import ImageCaptionDataset
+from hirl_like.data.base import ImageCaptionDataset, Transform
 from hirl_like.data.captions import DIGIT_CLASSNAMES, DIGIT_TEMPLATES
+from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.registry import DATASETS
 
 SPLITS = ("train", "val", "all")
@@ -48,8 +49,20 @@ class DigitsDataset(ImageCaptionDataset):
     classnames = DIGIT_CLASSNAMES
     default_templates = DIGIT_TEMPLATES
 
-    def __init__(self, split: str = "train", image_size: int = 32, val_fraction: float = 0.2, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        split: str = "train",
+        image_size: int = 32,
+        val_fraction: float = 0.2,
+        transform: Transform | None = None,
+        tokenizer: ClipTokenizer | None = None,
+        templates: Sequence[str] | None = None,
+        caption_noise: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            transform=transform, tokenizer=tokenizer, templates=templates, caption_noise=caption_noise, seed=seed
+        )
         if split not in SPLITS:
             raise ValueError(f"Digits split must be one of {', '.join(SPLITS)}; got {split!r}")
         if not isinstance(image_size, int) or image_size < 1:
@@ -70,5 +83,5 @@ class DigitsDataset(ImageCaptionDataset):
     def load(self, index: int) -> tuple[Image.Image, int]:
         img = Image.fromarray(self._images[index])  # uint8 (H, W) -> mode "L"
         if self.image_size != 8:
-            img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+            img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         return img.convert("RGB"), int(self._targets[index])

@@ -15,13 +15,14 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-from hirl_like.data.base import ImageCaptionDataset
+from hirl_like.data.base import ImageCaptionDataset, Transform
 from hirl_like.data.captions import DEFAULT_TEMPLATES, FASHION_MNIST_CLASSNAMES
+from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.registry import DATASETS
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -62,7 +63,9 @@ def read_idx(path: str, expected_magic: int) -> np.ndarray:
             with open(path, "rb") as f:
                 raw = f.read()
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise ValueError(f"cannot read IDX file {path}: {exc}. The file is corrupt; reinstall it ({INSTALL_HINT}).") from exc
+        raise ValueError(
+            f"cannot read IDX file {path}: {exc}. The file is corrupt; reinstall it ({INSTALL_HINT})."
+        ) from exc
     ndim = expected_magic & 0xFF
     header = 4 + 4 * ndim
     if len(raw) < 4:
@@ -116,9 +119,15 @@ class FashionMNISTDataset(ImageCaptionDataset):
         split: str = "train",
         image_size: int = 28,
         limit: int | None = None,
-        **kwargs: Any,
+        transform: Transform | None = None,
+        tokenizer: ClipTokenizer | None = None,
+        templates: Sequence[str] | None = None,
+        caption_noise: float = 0.0,
+        seed: int = 0,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            transform=transform, tokenizer=tokenizer, templates=templates, caption_noise=caption_noise, seed=seed
+        )
         if split not in _SPLIT_PREFIX:
             raise ValueError(f"FashionMNIST split must be one of {', '.join(_SPLIT_PREFIX)}; got {split!r}")
         if not isinstance(image_size, int) or image_size < 1:
@@ -149,5 +158,5 @@ class FashionMNISTDataset(ImageCaptionDataset):
     def load(self, index: int) -> tuple[Image.Image, int]:
         img = Image.fromarray(self._images[index])  # uint8 (28, 28) -> mode "L"
         if self.image_size != img.width:
-            img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+            img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         return img.convert("RGB"), int(self._targets[index])

@@ -8,11 +8,12 @@ ImageFolder sorts them, so label ids agree with it. Hidden files and folders are
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Sequence
 
 from PIL import Image
 
-from hirl_like.data.base import ImageCaptionDataset
+from hirl_like.data.base import ImageCaptionDataset, Transform
+from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.registry import DATASETS
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
@@ -55,8 +56,19 @@ class ImageFolderDataset(ImageCaptionDataset):
     (bicubic, aspect ratio kept) before the transform; None keeps the stored size.
     """
 
-    def __init__(self, root: str, image_size: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        root: str,
+        image_size: int | None = None,
+        transform: Transform | None = None,
+        tokenizer: ClipTokenizer | None = None,
+        templates: Sequence[str] | None = None,
+        caption_noise: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            transform=transform, tokenizer=tokenizer, templates=templates, caption_noise=caption_noise, seed=seed
+        )
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
             raise ValueError(f"image_size must be a positive int or null, got {image_size!r}")
         self.root = str(root)
@@ -78,5 +90,5 @@ class ImageFolderDataset(ImageCaptionDataset):
             scale = self.image_size / min(w, h)
             new = (max(1, round(w * scale)), max(1, round(h * scale)))
             if new != img.size:
-                img = img.resize(new, Image.BICUBIC)
+                img = img.resize(new, Image.Resampling.BICUBIC)
         return img, label

@@ -61,7 +61,9 @@ def build_train_loader(
     """
     _check_common(batch_size, num_workers, rank, world_size)
     n = len(dataset)  # type: ignore[arg-type]
-    sampler = ResumableDistributedSampler(n, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler = ResumableDistributedSampler(
+        n, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
     steps_per_epoch = sampler.num_samples // batch_size
     if steps_per_epoch == 0:
         raise ValueError(

@@ -2,12 +2,13 @@
 
 The BPE vocabulary ships inside the open_clip package, so nothing is downloaded. Token ids:
 ``[SOT] w_1 ... w_k [EOT] 0 0 ...``; a caption longer than the context is truncated and its last
-kept position overwritten with EOT, because text encoders pool at the EOT position (argmax of
-the ids, since EOT = 49407 is the largest BPE id). Losing it silently was a defect of the public
-Harmony code.
+kept position overwritten with EOT, because text encoders pool at the EOT position. Losing it
+silently was a defect of the public Harmony code.
 
 ``MASK_TOKEN_ID`` is one id past the BPE vocabulary: masked-language modelling replaces tokens by
-it, so the text model's embedding table has ``BPE_VOCAB_SIZE + 1 = 49,409`` rows.
+it, so the text model's embedding table has ``BPE_VOCAB_SIZE + 1 = 49,409`` rows. Because the mask
+id is larger than EOT, CLIP's ``text.argmax(-1)`` trick no longer finds the EOT position of a
+masked caption: locate it with ``(text == EOT_TOKEN_ID).int().argmax(-1)`` (:func:`eot_positions`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ MASK_TOKEN_ID = 49408  # == BPE_VOCAB_SIZE: the one extra row of the text model'
 def _simple_tokenizer() -> Any:
     """One open_clip SimpleTokenizer per process (building it parses ~50k BPE merges).
 
-    Imported lazily: ``import open_clip`` costs seconds and many datasets never tokenize.
+    Imported lazily: ``import open_clip`` takes seconds and many datasets never tokenize.
     """
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -42,6 +43,11 @@ def _simple_tokenizer() -> Any:
             "Install an open_clip_torch release with the standard CLIP vocabulary."
         )
     return tok
+
+
+def eot_positions(text: torch.Tensor) -> torch.Tensor:
+    """(B, L) token ids -> (B,) index of the first EOT token in each row (valid with MLM-masked ids too)."""
+    return (text == EOT_TOKEN_ID).int().argmax(dim=-1)
 
 
 class ClipTokenizer:

@@ -143,7 +143,9 @@ class MultiCropTransform:
         self.num_local = _count("local_crops", local_crops)
         self.num_simclr = _count("simclr_views", simclr_views)
         if self.num_global + self.num_local + self.num_simclr == 0:
-            raise ValueError("MultiCropTransform needs at least one view: set global_crops, local_crops or simclr_views > 0")
+            raise ValueError(
+                "MultiCropTransform needs at least one view: set global_crops, local_crops or simclr_views > 0"
+            )
         self.global_size = _size("global_size", global_size)
         self.local_size = _size("local_size", local_size)
         self.global_scale = _scale("global_scale", global_scale)
@@ -180,7 +182,9 @@ class MultiCropTransform:
         )
         self.simclr_transform = T.Compose(
             [
-                T.RandomResizedCrop(self.global_size, scale=self.simclr_scale, interpolation=InterpolationMode.BILINEAR),
+                T.RandomResizedCrop(
+                    self.global_size, scale=self.simclr_scale, interpolation=InterpolationMode.BILINEAR
+                ),
                 T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)], p=0.8),
                 T.RandomGrayscale(p=0.2),
                 RandomGaussianBlur(0.5, radius_scale=r),
@@ -242,7 +246,10 @@ class RandomResizedCropTransform:
         return {"global_crops": [self.transform(img) for _ in range(self.crops)]}
 
     def __repr__(self) -> str:
-        return f"RandomResizedCropTransform(size={self.size}, scale={self.scale}, crops={self.crops}, hflip={self.hflip})"
+        return (
+            f"RandomResizedCropTransform(size={self.size}, scale={self.scale}, crops={self.crops}, "
+            f"hflip={self.hflip})"
+        )
 
 
 @TRANSFORMS.register()

@@ -2,10 +2,11 @@
 
 Layouts met in practice (all handled by :func:`extract_state_dict`):
 
-- flat timm / open_clip state dict:        {"cls_token": ..., "blocks.0.attn.qkv.weight": ...}
-- DINO / iBOT:                             {"teacher": {"backbone.cls_token": ...}, "student": {"module.backbone.cls_token": ...}, ...}
-- DeiT / MAE / this toolbox style:         {"model": {...}} or {"model": {"module.backbone.x": ...}}
-- Lightning / misc:                        {"state_dict": {"model.x": ...}}
+- flat timm / open_clip state dict:  {"cls_token": ..., "blocks.0.attn.qkv.weight": ...}
+- DINO / iBOT:                       {"teacher": {"backbone.cls_token": ...},
+                                      "student": {"module.backbone.cls_token": ...}, "args": ...}
+- DeiT / MAE / this toolbox style:   {"model": {...}} or {"model": {"module.backbone.x": ...}}
+- Lightning / misc:                  {"state_dict": {"model.x": ...}}
 
 Loading is always strict: a checkpoint that does not fit the model raises a ValueError naming
 the missing / unexpected / mis-shaped keys and the prefixes to try. Nothing is loaded silently
@@ -72,7 +73,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
         unsafe: list[str] = []
         if zipfile.is_zipfile(path):
             try:
-                unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g != "argparse.Namespace"]
+                found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                unsafe = [g for g in found if g != "argparse.Namespace"]
             except Exception:
                 unsafe = []
         if unsafe:
@@ -214,6 +216,8 @@ def locate_state_dict(
     expected = set(expected_keys)
     if not expected:
         raise ValueError("expected_keys is empty; pass model.state_dict().keys().")
+    if backbone_prefix is not None:
+        backbone_prefix = _normalise_prefix(backbone_prefix)
     root: Mapping = checkpoint if model_prefix is None else {model_prefix: _select_subdict(checkpoint, model_prefix)}
     candidates = []
     for path, tensors in _tensor_dicts(root):
@@ -230,14 +234,14 @@ def locate_state_dict(
         if backbone_prefix is not None:
             prefixes = {p: s for p, s in prefixes.items() if p == backbone_prefix}
         for prefix, covered in prefixes.items():
-            extras = [
-                k[len(prefix):] for k in tensors
-                if k.startswith(prefix) and k[len(prefix):] not in expected and not _is_ignorable(k[len(prefix):], ignore_prefixes)
-            ]
+            stripped = [k[len(prefix):] for k in tensors if k.startswith(prefix)]
+            extras = [k for k in stripped if k not in expected and not _is_ignorable(k, ignore_prefixes)]
             candidates.append(StateDictLocation(path, prefix, len(covered), len(expected), extras))
     if not candidates:
         return None
-    candidates.sort(key=lambda c: (-c.covered, bool(c.extras), _preference(c.path, c.prefix), len(c.prefix), len(c.path)))
+    candidates.sort(
+        key=lambda c: (-c.covered, bool(c.extras), _preference(c.path, c.prefix), len(c.prefix), len(c.path))
+    )
     best = candidates[0]
     best.alternatives = [c.describe() for c in candidates[1:] if c.complete][:5]
     return best
@@ -304,13 +308,15 @@ def extract_state_dict(
             hints = ", ".join(f"{p!r} ({n} keys)" for p, n in _all_prefixes(checkpoint))
             raise ValueError(
                 "none of the model's parameter names occurs in the checkpoint, under any sub-dict or key "
-                f"prefix: it was probably trained for another architecture. Checkpoint: {describe_checkpoint(checkpoint)}\n"
+                "prefix: it was probably trained for another architecture. Checkpoint: "
+                f"{describe_checkpoint(checkpoint)}\n"
                 f"Key prefixes present: {hints or 'none'}."
             )
         note = f"using {loc.describe()} ({loc.covered}/{loc.expected} expected keys found)"
         if loc.alternatives:
             note += f"; also fit: {'; '.join(loc.alternatives)}"
-        (logger.info if loc.complete else logger.warning)("extract_state_dict: %s", note)
+        # An ambiguous or partial choice is worth the user's attention; a unique exact one is not.
+        (logger.info if loc.complete and not loc.alternatives else logger.warning)("extract_state_dict: %s", note)
         node: Mapping = checkpoint
         for part in loc.path:
             node = node[part]
@@ -325,7 +331,11 @@ def extract_state_dict(
                 f"Checkpoint: {describe_checkpoint(checkpoint)}"
             )
 
-    state = {k[len(prefix):]: v for k, v in source.items() if isinstance(k, str) and isinstance(v, Tensor) and k.startswith(prefix)}
+    state = {
+        k[len(prefix):]: v
+        for k, v in source.items()
+        if isinstance(k, str) and isinstance(v, Tensor) and k.startswith(prefix)
+    }
     if not state:
         present = ", ".join(f"{p!r} ({n} keys)" for p, n in common_prefixes([k for k in source if isinstance(k, str)]))
         raise ValueError(
@@ -338,7 +348,9 @@ def extract_state_dict(
         for k in dropped:
             del state[k]
         if dropped:
-            logger.info("extract_state_dict: dropped %d known non-backbone keys (%s)", len(dropped), ", ".join(dropped[:_SHOW]))
+            logger.info(
+                "extract_state_dict: dropped %d known non-backbone keys (%s)", len(dropped), ", ".join(dropped[:_SHOW])
+            )
     return state
 
 
@@ -396,11 +408,13 @@ def load_backbone_strict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     present = common_prefixes(list(tensors))
     if present:
         lines.append("  key prefixes in the checkpoint: " + ", ".join(f"{p!r} ({n} keys)" for p, n in present))
-    loc = locate_state_dict(state_dict, own.keys())
+    loc = locate_state_dict(state_dict, own.keys()) if own else None
     if loc is not None and loc.complete and (loc.path or loc.prefix):
         lines.append(f"  hint: the model's keys are all in {loc.describe()}: try {loc.as_flags()}")
     elif missing and unexpected and not mismatched:
-        lines.append("  hint: if the missing and unexpected keys look unrelated, the checkpoint is for another architecture.")
+        lines.append(
+            "  hint: if the missing and unexpected keys look unrelated, the checkpoint is for another architecture."
+        )
     if mismatched:
         lines.append("  hint: shape mismatches usually mean a different model size, patch size or image resolution.")
     raise ValueError("\n".join(lines))

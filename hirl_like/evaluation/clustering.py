@@ -8,14 +8,17 @@ one-to-one matching of clusters to classes (Hungarian algorithm on the contingen
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+Labels = Tensor | np.ndarray | Sequence[int]  # any 1-D integer labelling
 
-def _as_numpy_labels(x: Tensor | np.ndarray | list[int], name: str) -> np.ndarray:
+
+def _as_numpy_labels(x: Labels, name: str) -> np.ndarray:
     arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D (N,), got shape {arr.shape}.")
@@ -24,7 +27,7 @@ def _as_numpy_labels(x: Tensor | np.ndarray | list[int], name: str) -> np.ndarra
     return arr.astype(np.int64)
 
 
-def _check_pair(labels: Tensor, assignments: Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(labels: Labels, assignments: Labels) -> tuple[np.ndarray, np.ndarray]:
     y = _as_numpy_labels(labels, "labels")
     a = _as_numpy_labels(assignments, "assignments")
     if y.shape != a.shape:
@@ -78,7 +81,7 @@ def kmeans(
     return torch.from_numpy(assignments[:, 0].astype(np.int64))
 
 
-def contingency_table(labels: Tensor, assignments: Tensor) -> np.ndarray:
+def contingency_table(labels: Labels, assignments: Labels) -> np.ndarray:
     """(num_clusters, num_classes) counts; rows/columns follow the sorted unique values."""
     y, a = _check_pair(labels, assignments)
     _, y_idx = np.unique(y, return_inverse=True)
@@ -88,7 +91,7 @@ def contingency_table(labels: Tensor, assignments: Tensor) -> np.ndarray:
     return table
 
 
-def hungarian_accuracy(labels: Tensor, assignments: Tensor) -> float:
+def hungarian_accuracy(labels: Labels, assignments: Labels) -> float:
     """Clustering accuracy (%) under the best one-to-one cluster -> class matching.
 
     acc = max_{matching m} sum_c table[c, m(c)] / N, solved by
@@ -102,7 +105,7 @@ def hungarian_accuracy(labels: Tensor, assignments: Tensor) -> float:
     return 100.0 * float(table[rows, cols].sum()) / float(table.sum())
 
 
-def cluster_metrics(labels: Tensor, assignments: Tensor) -> dict[str, float]:
+def cluster_metrics(labels: Labels, assignments: Labels) -> dict[str, float]:
     """NMI, AMI, ARI and Hungarian accuracy, ALL IN PERCENT (0..100; ARI and AMI can dip below 0).
 
     Returns ``{"nmi", "ami", "ari", "acc"}`` from scikit-learn's

@@ -75,7 +75,9 @@ def extract_features(
         _check_batch(batch, image_key)
         out = forward(batch[image_key].to(device, non_blocking=True))
         if out.ndim != 2:
-            raise ValueError(f"forward must return (B, D) features, got shape {tuple(out.shape)}; pool or flatten first.")
+            raise ValueError(
+                f"forward must return (B, D) features, got shape {tuple(out.shape)}; pool or flatten first."
+            )
         # CPU float32 accumulation: the full feature bank rarely fits on the accelerator next to the model.
         feats.append(out.detach().float().cpu())
         labels.append(torch.as_tensor(batch["label"]).long().cpu().view(-1))

@@ -109,7 +109,9 @@ def train_linear_heads(
 
 
 @torch.no_grad()
-def _head_hits(weight: Tensor, bias: Tensor, x: Tensor, y: Tensor, ks: Sequence[int], chunk: int = 4096) -> list[dict[int, int]]:
+def _head_hits(
+    weight: Tensor, bias: Tensor, x: Tensor, y: Tensor, ks: Sequence[int], chunk: int = 4096
+) -> list[dict[int, int]]:
     """Per head, {k: number of rows of x whose label is in that head's top-k}."""
     hits = [dict.fromkeys(ks, 0) for _ in range(weight.shape[0])]
     for start in range(0, x.shape[0], chunk):

@@ -45,7 +45,9 @@ def retrieval_recall(
         )
     n, m = image_features.shape[0], text_features.shape[0]
     if text_to_image.shape != (m,):
-        raise ValueError(f"text_to_image must be (M,) = ({m},), one image index per caption; got {tuple(text_to_image.shape)}.")
+        raise ValueError(
+            f"text_to_image must be (M,) = ({m},), one image index per caption; got {tuple(text_to_image.shape)}."
+        )
     if n == 0 or m == 0:
         raise ValueError("retrieval needs at least one image and one caption.")
     if text_to_image.min() < 0 or text_to_image.max() >= n:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hirl_like.distributed import all_gather_with_grad, get_rank, get_world_size
+from hirl_like.distributed import all_gather_with_grad, get_rank
 from hirl_like.registry import LOSSES
 
 # Added to self-similarity logits; finite (unlike -inf) so that no inf - inf can appear.

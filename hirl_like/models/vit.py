@@ -71,7 +71,9 @@ class VisionTransformer(TimmVisionTransformer):
             "num_heads": num_heads or default_heads,
             "num_classes": 0,
         }
-        super().__init__(drop_path_rate=drop_path_rate, **self.timm_kwargs)
+        # dynamic_img_size: local crops (e.g. 96 px) get bicubically resampled position
+        # embeddings; the parameters and state-dict keys are unchanged.
+        super().__init__(drop_path_rate=drop_path_rate, dynamic_img_size=True, **self.timm_kwargs)
         self.arch = arch
         self.timm_name = timm_name
         self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
@@ -100,15 +102,17 @@ class VisionTransformer(TimmVisionTransformer):
         Args:
             images: (B, 3, H, W).
             mask: (B, N) bool, True = replace that patch embedding by the mask token (iBOT).
+                Images of another size than ``img_size`` (local crops) get resampled position
+                embeddings.
             ids_keep: (B, K) long, indices of the patches to keep (MAE); others are dropped.
         Returns:
             (B, 1 + N, D) tokens, or (B, 1 + K, D) with ``ids_keep``; index 0 is CLS.
         """
-        x = self.patch_embed(images)  # (B, N, D)
+        x = self.patch_embed(images)  # (B, h, w, D) with dynamic_img_size
         if mask is not None:
             if self.mask_token is None:
                 raise ValueError("this ViT was built without mask_token=True; the iBOT path needs it.")
-            w = mask.flatten(1).unsqueeze(-1).to(x.dtype)
+            w = mask.reshape(*x.shape[:-1], 1).to(x.dtype)
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w
         x = self._pos_embed(x)  # adds position embeddings, prepends CLS: (B, 1 + N, D)
         if ids_keep is not None:

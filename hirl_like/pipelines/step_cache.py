@@ -105,14 +105,53 @@ class StepCache:
         """(B, E) normalised caption embedding by the student."""
         return self.memo("student_text_embedding", lambda: l2_normalize(self.backbones.student_text(self.text)))
 
-    def teacher_text_tokens(self) -> torch.Tensor:
-        """(B, L, W) teacher features of the unmasked caption, no grad."""
+    def teacher_text_tokens(self, causal: bool | None = None) -> torch.Tensor:
+        """(B, L, W) teacher features of the unmasked caption, no grad.
+
+        ``causal=None`` is the text model's own mode; a request in the same mode as the model's
+        default shares the forward (Harmony configs set ``text.causal: false``, so soft CLIP and
+        text distillation use one teacher forward).
+        """
+        teacher = self.backbones.teacher_text
+        mode = teacher.causal if causal is None else causal
 
         def compute() -> torch.Tensor:
             with torch.no_grad():
-                return self.backbones.teacher_text.forward_tokens(self.text)
+                return teacher.forward_tokens(self.text, causal=mode)
 
-        return self.memo("teacher_text_tokens", compute)
+        return self.memo(f"teacher_text_tokens[causal={mode}]", compute)
+
+    def text_valid_mask(self) -> torch.Tensor:
+        """(B, L) bool, True on real tokens (start .. end token), False on padding."""
+        return self.memo("text_valid_mask", lambda: self.backbones.student_text.valid_mask(self.text))
+
+    def masked_text(self, mask_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked ids (B, L), mask (B, L) bool): each real word token replaced by the mask id with
+        probability ``mask_prob`` (MLM); shared by MLM and text distillation."""
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            from hirl_like.data.tokenizer import EOT_TOKEN_ID, MASK_TOKEN_ID, PAD_TOKEN_ID, SOT_TOKEN_ID
+            from hirl_like.losses.mlm import mask_tokens
+
+            tokens = self.text
+            masked, mask = mask_tokens(
+                tokens.cpu(), mask_prob, MASK_TOKEN_ID, (SOT_TOKEN_ID, EOT_TOKEN_ID), PAD_TOKEN_ID, self.generator
+            )
+            mask = mask & self.text_valid_mask().cpu()  # never mask padding after the end token
+            masked = torch.where(mask, masked, tokens.cpu())
+            return masked.to(tokens.device), mask.to(tokens.device)
+
+        return self.memo(f"masked_text[{mask_prob}]", compute)
+
+    def student_masked_text_tokens(self, mask_prob: float) -> torch.Tensor:
+        """(B, L, W) student features of the masked caption, attending in both directions with
+        padding keys hidden (so a masked word sees its left and right context)."""
+
+        def compute() -> torch.Tensor:
+            masked, _ = self.masked_text(mask_prob)
+            return self.backbones.student_text.forward_tokens(masked, causal=False)
+
+        return self.memo(f"student_masked_text_tokens[{mask_prob}]", compute)
 
     def teacher_text_embedding(self) -> torch.Tensor:
         """(B, E) normalised teacher caption embedding (reuses teacher_text_tokens)."""

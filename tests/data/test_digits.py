@@ -124,3 +124,15 @@ def test_transform_must_return_dict():
     ds = DigitsDataset("val", image_size=8, transform=lambda img: img)
     with pytest.raises(ValueError, match="dict"):
         ds[0]
+
+
+def test_build_from_config_nodes():
+    from hirl_like.registry import TRANSFORMS, RegistryError
+
+    transform = TRANSFORMS.build({"name": "MultiCropTransform", "global_crops": 1, "global_size": 16,
+                                  "global_scale": [0.5, 1.0]})
+    ds = DATASETS.build({"name": "Digits", "split": "val", "image_size": 16, "caption_noise": 0.1},
+                        transform=transform)
+    assert ds[0]["global_crops"][0].shape == (3, 16, 16) and ds.caption_noise == 0.1
+    with pytest.raises(RegistryError, match="caption_noise"):  # the misspelt key gets a suggestion
+        DATASETS.build({"name": "Digits", "captoin_noise": 0.1})

@@ -91,6 +91,12 @@ def test_corrupt_files_raise_clear_errors(tmp_path):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"):
         FashionMNISTDataset(root=str(tmp_path))
+    # Right magic, header cut short.
+    img_path = tmp_path / "train-images-idx3-ubyte"
+    (tmp_path / "train-images-idx3-ubyte.gz").unlink()
+    img_path.write_bytes(idx_bytes(images)[:9])
+    with pytest.raises(ValueError, match="header"):
+        FashionMNISTDataset(root=str(tmp_path))
     # Short header.
     p = tmp_path / "short"
     p.write_bytes(b"\x00\x00")

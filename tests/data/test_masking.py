@@ -37,7 +37,7 @@ def test_ratio_matches_naive_rule_and_scalars() -> None:
     rng_a, rng_b = random.Random(5), random.Random(5)
     for _ in range(50):
         got = sample_mask_ratio([0.2, 0.5], [0.1, 0.0], rng_a)
-        cands = [rng_b.uniform(0.1, 0.3), 0.5]  # v > 0 draws, v == 0 does not
+        cands = [rng_b.uniform(0.2 - 0.1, 0.2 + 0.1), 0.5]  # v > 0 draws, v == 0 does not
         assert got == rng_b.choice(cands)
     assert sample_mask_ratio(0.4, 0.0, random.Random(0)) == 0.4
     r = sample_mask_ratio(0.4, 0.1, random.Random(0))

@@ -58,3 +58,15 @@ def test_bad_arguments():
         ClipTokenizer(context_length=1)
     with pytest.raises(ValueError, match="strings"):
         ClipTokenizer()([3])
+
+
+def test_eot_positions_with_mask_tokens():
+    from hirl_like.data.tokenizer import eot_positions
+
+    tok = ClipTokenizer(context_length=10)
+    text = tok(["a photo of a cat.", "dog"])
+    masked = text.clone()
+    masked[0, 2] = MASK_TOKEN_ID  # larger than EOT: plain argmax would point here
+    assert masked[0].argmax().item() == 2
+    assert eot_positions(masked).tolist() == [7, 2]
+    assert eot_positions(text).tolist() == text.argmax(-1).tolist()

@@ -54,6 +54,12 @@ def test_blur_radius_scaled_and_probability():
     out = np.asarray(always(img)).astype(float)
     # Radius <= 2 * 32/224 < 0.3 px: the image is only lightly smoothed.
     assert 0 < np.abs(out - np.asarray(img)).mean() < 40
+    # Same radius draw (fixed 2.0), with and without the 32/224 scaling: scaling blurs far less.
+    def change(scale):
+        blurred = RandomGaussianBlur(1.0, 2.0, 2.0, radius_scale=scale)(img)
+        return np.abs(np.asarray(blurred).astype(float) - np.asarray(img)).mean()
+
+    assert change(32 / 224) < 0.5 * change(1.0)
     never = RandomGaussianBlur(0.0)
     assert np.array_equal(np.asarray(never(img)), np.asarray(img))
     # Frequency of blurring matches p.
@@ -99,7 +105,9 @@ def test_picklable():
     a = t(image())
     torch.manual_seed(1)
     b = t2(image())
-    assert all(torch.equal(x, y) for x, y in zip(a["global_crops"] + a["local_crops"], b["global_crops"] + b["local_crops"]))
+    views_a = a["global_crops"] + a["local_crops"]
+    views_b = b["global_crops"] + b["local_crops"]
+    assert all(torch.equal(x, y) for x, y in zip(views_a, views_b))
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,9 @@ def _two_direction_vec(cos):
 
 def test_temperature_weighting_changes_the_vote():
     # One class-0 neighbour very close (cos 0.99), two class-1 neighbours far (cos 0.5).
-    train = torch.stack([_two_direction_vec(0.99), torch.tensor([0.5, math.sqrt(0.75)]), torch.tensor([0.5, -math.sqrt(0.75)])])
+    train = torch.stack(
+        [_two_direction_vec(0.99), torch.tensor([0.5, math.sqrt(0.75)]), torch.tensor([0.5, -math.sqrt(0.75)])]
+    )
     labels = torch.tensor([0, 1, 1])
     query, qlabel = torch.tensor([[3.0, 0.0]]), torch.tensor([0])  # unnormalised on purpose
     sharp = knn_classify(train, labels, query, qlabel, num_classes=2, ks=(3,), temperature=0.07)

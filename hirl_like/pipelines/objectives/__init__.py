@@ -1,3 +1,3 @@
 """Registered objectives (OBJECTIVES). Import each module so that it registers."""
 
-from hirl_like.pipelines.objectives import clip  # noqa: F401
+from hirl_like.pipelines.objectives import clip, ibot, mae, mlm, text_distill  # noqa: F401

@@ -1,0 +1,68 @@
+"""Text self-distillation objective (Harmony): iBOT's patch term applied to caption tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from hirl_like.losses.text_distill import TextDistillLoss
+from hirl_like.models.heads import DINOHead
+from hirl_like.pipelines.backbones import Backbones, make_teacher
+from hirl_like.pipelines.objective import Objective
+from hirl_like.pipelines.step_cache import StepCache
+from hirl_like.registry import OBJECTIVES
+from hirl_like.schedules import Progress, linear
+
+
+@OBJECTIVES.register("text_distill")
+class TextDistillObjective(Objective):
+    """The EMA text teacher reads the unmasked caption (its forward is shared with CLIP's soft
+    text targets), the student the masked caption (the MLM forward, shared); both go through an
+    MLP head (512 -> 1024 -> 256 -> weight-normed K/4); centred and sharpened CE per masked token.
+
+    Args:
+        out_dim: head prototypes (K/4 = 2048 for K = 8192).
+        head_hidden_dim, head_bottleneck_dim, head_nlayers: 1024, 256, 2.
+        mask_prob: caption masking probability (shared with MLM when equal).
+        teacher_temp / warmup_teacher_temp / warmup_teacher_temp_epochs: as iBOT's patch term.
+        student_temp, center_momentum: 0.1, 0.9.
+    """
+
+    def __init__(
+        self,
+        backbones: Backbones,
+        out_dim: int = 2048,
+        head_hidden_dim: int = 1024,
+        head_bottleneck_dim: int = 256,
+        head_nlayers: int = 2,
+        mask_prob: float = 0.2,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 3.0,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+    ) -> None:
+        super().__init__(backbones)
+        backbones.require_text_teacher()
+        width = backbones.student_text.width
+        self.head = DINOHead(width, out_dim, head_hidden_dim, head_bottleneck_dim, head_nlayers)
+        self.teacher_head = make_teacher(self.head)
+        self.loss = TextDistillLoss(out_dim, student_temp, center_momentum)
+        self.mask_prob = mask_prob
+        self.temps = (warmup_teacher_temp, teacher_temp)
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.teacher_temp = warmup_teacher_temp
+
+    def ema_pairs(self):
+        return [(self.head, self.teacher_head)]
+
+    def update_schedules(self, progress: Progress) -> dict[str, float]:
+        warm = self.warmup_teacher_temp_epochs * progress.iters_per_epoch
+        self.teacher_temp = linear(*self.temps, progress.iteration, warm)
+        return {"teacher_temp": self.teacher_temp}
+
+    def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
+        _, mask = step.masked_text(self.mask_prob)
+        student = self.head(step.student_masked_text_tokens(self.mask_prob))
+        with torch.no_grad():
+            teacher = self.teacher_head(step.teacher_text_tokens(causal=False))
+        return self.loss(student, teacher, mask, step.text_valid_mask(), self.teacher_temp)
