@@ -205,10 +205,13 @@ class MLMDecoder(nn.Module):
         allowed = allowed | ~allowed.any(dim=1, keepdim=True)
         return allowed[:, None, None, :]
 
-    def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """tokens: (B, L, input_dim); padding_mask: (B, L) bool, True = padding, or None.
+    def forward(self, tokens: Tensor, padding_mask: Tensor | None = None, select: Tensor | None = None) -> Tensor:
+        """tokens: (B, L, input_dim); padding_mask: (B, L) bool, True = padding, or None;
+        select: (B, L) bool, positions whose logits are wanted (e.g. the masked ones), or None.
 
-        Returns logits (B, L, vocab_size). Every position attends to every non-padding position
+        Returns logits (B, L, vocab_size), or (M, vocab_size) for the M selected positions in
+        row-major order: the vocabulary projection (49k outputs a token) dominates the cost, and
+        MLM scores only the ~20% masked positions. Every position attends to every non-padding position
         (both directions); padding keys are never attended to, so the content at padded positions
         cannot change the outputs at real positions.
         """
@@ -228,4 +231,7 @@ class MLMDecoder(nn.Module):
         x = self.input_proj(tokens) + self.pos_embed[:length].to(tokens.dtype)
         for block in self.blocks:
             x = block(x, attn_mask=attn_mask)
-        return self.head(self.norm(x))
+        x = self.norm(x)
+        if select is not None:
+            x = x[select]
+        return self.head(x)

@@ -42,7 +42,9 @@ class MLMObjective(Objective):
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         _, mask = step.masked_text(self.mask_prob)
         features = step.student_masked_text_tokens(self.mask_prob)
-        logits = self.decoder(features, padding_mask=~step.text_valid_mask())
-        out = self.loss(logits, step.text, mask)
+        # Logits only at the masked positions: (M, V) viewed as M captions of one token each.
+        logits = self.decoder(features, padding_mask=~step.text_valid_mask(), select=mask)
+        targets = step.text[mask]
+        out = self.loss(logits.unsqueeze(1), targets.unsqueeze(1), torch.ones_like(targets, dtype=torch.bool).unsqueeze(1))
         out["masked_tokens"] = mask.sum().detach().float()
         return out
