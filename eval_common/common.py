@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,14 +105,49 @@ def build_eval_dataset(cfg: DictConfig, split: str) -> torch.utils.data.Dataset:
 
 
 def features_for_split(
-    model: torch.nn.Module, cfg: DictConfig, split: str, args: argparse.Namespace, dist: DistInfo
+    model: torch.nn.Module,
+    cfg: DictConfig,
+    split: str,
+    args: argparse.Namespace,
+    dist: DistInfo,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """(N, D) CLS features and (N,) labels of one split, in dataset order, on every rank."""
+    """(N, D) features and (N,) labels of one split, in dataset order, on every rank.
+
+    ``forward`` maps images (B, 3, H, W) on ``dist.device`` to (B, D) features; the default is the
+    backbone's CLS feature ``model(x)``. The model is moved to ``dist.device`` first.
+    """
     dataset = build_eval_dataset(cfg, split)
     loader = build_eval_loader(dataset, args.batch_size, args.num_workers, rank=dist.rank, world_size=dist.world_size)
     model = model.to(dist.device)
-    feats, labels = extract_features(lambda x: model(x), loader, dist.device)
+    feats, labels = extract_features(forward or (lambda x: model(x)), loader, dist.device)
     return feats.float().cpu(), labels.cpu(), dataset
+
+
+def token_features(model: torch.nn.Module, avgpool: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Frozen features for the linear probe (DINO's ``eval_linear.py`` with n_last_blocks = 1).
+
+    images (B, 3, H, W) -> CLS (B, D), or with ``avgpool`` [CLS, mean of the patch tokens] (B, 2D),
+    both read from the final (normalised) token sequence of ``model.forward_tokens``. Register
+    tokens, when the ViT has any, are neither CLS nor patches and are left out of the mean.
+    """
+    if not hasattr(model, "forward_tokens"):
+        raise ValueError(f"{type(model).__name__} has no forward_tokens(images) -> (B, 1 + N, D); use a ViT backbone.")
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        tokens = model.forward_tokens(images)  # (B, prefix + N, D), index 0 = CLS
+        cls = tokens[:, 0]
+        if not avgpool:
+            return cls
+        return torch.cat([cls, tokens[:, prefix:].mean(dim=1)], dim=-1)
+
+    return forward
+
+
+def num_classes_of(dataset: Any, labels: torch.Tensor) -> int:
+    """The dataset's class count (its class names), else the largest label + 1."""
+    return len(getattr(dataset, "classnames", ()) or ()) or int(labels.max()) + 1
 
 
 def output_path(args: argparse.Namespace, name: str) -> Path:
@@ -121,6 +157,8 @@ def output_path(args: argparse.Namespace, name: str) -> Path:
 
 
 def start(args: argparse.Namespace) -> tuple[DictConfig, DistInfo]:
+    if not Path(args.pretrained).exists():  # before the config lookup, so the error names the checkpoint
+        raise FileNotFoundError(f"checkpoint file not found: {args.pretrained} (check --pretrained).")
     cfg = resolve_config(args)
     torch.manual_seed(int(cfg.seed))
     return cfg, init_distributed(device=args.device)

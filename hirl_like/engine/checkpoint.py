@@ -44,6 +44,14 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
         pass
 
 
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temp files left by a write that was killed before its rename; returns them."""
+    stale = list(Path(folder).glob(".*.tmp.*")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load with ``weights_only=True``: tensors and plain containers only, never arbitrary code."""
     path = Path(path)

@@ -30,6 +30,7 @@ from hirl_like.engine.checkpoint import (
     VISION_EXPORT_NAME,
     capture_rng_state,
     load_checkpoint,
+    remove_stale_temp_files,
     restore_rng_state,
     save_atomic,
 )
@@ -123,6 +124,8 @@ class Trainer:
 
     # -- resume ------------------------------------------------------------------------------
     def _resume_if_possible(self) -> None:
+        if self.is_main:
+            remove_stale_temp_files(self.output_dir)
         path = self.output_dir / CHECKPOINT_NAME
         if not self.cfg.resume or not path.exists():
             return

@@ -1,3 +1,4 @@
 """Registered objectives (OBJECTIVES). Import each module so that it registers."""
 
 from hirl_like.pipelines.objectives import clip, ibot, mae, mlm, text_distill  # noqa: F401
+from hirl_like.pipelines.objectives import dino, masked_distill, simclr  # noqa: F401

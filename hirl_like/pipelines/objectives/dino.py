@@ -1,0 +1,102 @@
+"""DINO objective (Caron et al. 2021): iBOT's [CLS] cross-view self-distillation on its own."""
+
+from __future__ import annotations
+
+import torch
+
+from hirl_like.losses.dino import DINOLoss
+from hirl_like.models.heads import DINOHead
+from hirl_like.pipelines.backbones import Backbones, make_teacher
+from hirl_like.pipelines.objective import Objective
+from hirl_like.pipelines.step_cache import StepCache
+from hirl_like.registry import OBJECTIVES
+from hirl_like.schedules import Progress, linear
+
+
+@OBJECTIVES.register("dino")
+class DINOObjective(Objective):
+    """Student: the unmasked global crops + the local crops, CLS tokens through a DINO head.
+    Teacher (EMA ViT + EMA head): the global crops, a forward shared with iBOT / CLIP's soft image
+    targets (``step.teacher_global_tokens()``). Loss: for each teacher view q and student view v != q,
+    ``H(softmax((t_q - c) / T_t), log_softmax(s_v / T_s))``, averaged over pairs (:class:`DINOLoss`).
+
+    Defaults are those of DINO's ``main_dino.py`` (ViT-S/16).
+
+    Args:
+        out_dim: prototypes K (DINO: 65536).
+        head_hidden_dim, head_bottleneck_dim, head_nlayers: the head MLP (d -> 2048 -> 2048 -> 256).
+        use_bn_in_head: BatchNorm in the head MLP (DINO: off for ViTs).
+        norm_last_layer: fix the norm of the last layer's rows at 1 (DINO default: on).
+        teacher_temp / warmup_teacher_temp / warmup_teacher_temp_epochs: the teacher temperature
+            goes linearly from the warm-up value to ``teacher_temp`` per iteration (DINO defaults:
+            0.04 -> 0.04, i.e. no warm-up; its 800-epoch ViT-S run used 0.04 -> 0.07 over 30 epochs).
+        student_temp, center_momentum: 0.1 and 0.9.
+        freeze_last_layer: epochs during which the head's last layer gets no update (DINO: 1).
+    """
+
+    def __init__(
+        self,
+        backbones: Backbones,
+        out_dim: int = 65536,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        head_nlayers: int = 3,
+        use_bn_in_head: bool = False,
+        norm_last_layer: bool = True,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 0.0,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        freeze_last_layer: float = 1.0,
+    ) -> None:
+        super().__init__(backbones)
+        for name, value in (("teacher_temp", teacher_temp), ("warmup_teacher_temp", warmup_teacher_temp)):
+            if not value > 0:
+                raise ValueError(f"dino.{name} must be > 0, got {value}.")
+        if warmup_teacher_temp_epochs < 0 or freeze_last_layer < 0:
+            raise ValueError(
+                f"dino.warmup_teacher_temp_epochs and dino.freeze_last_layer must be >= 0 epochs, got "
+                f"{warmup_teacher_temp_epochs} and {freeze_last_layer}."
+            )
+        backbones.require_vision_teacher()
+        dim = backbones.student_vision.embed_dim
+        self.head = DINOHead(
+            dim, out_dim, head_hidden_dim, head_bottleneck_dim, head_nlayers, use_bn=use_bn_in_head,
+            norm_last_layer=norm_last_layer,
+        )
+        self.teacher_head = make_teacher(self.head)
+        # The crop counts are set from the batch in forward (they cannot drift from the transform).
+        self.loss = DINOLoss(out_dim, 2, 0, student_temp, center_momentum)
+        self.temps = (warmup_teacher_temp, teacher_temp)
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.freeze_last_layer = freeze_last_layer
+        self.teacher_temp = warmup_teacher_temp
+
+    def ema_pairs(self):
+        return [(self.head, self.teacher_head)]
+
+    def update_schedules(self, progress: Progress) -> dict[str, float]:
+        warm = self.warmup_teacher_temp_epochs * progress.iters_per_epoch
+        self.teacher_temp = linear(*self.temps, progress.iteration, warm)
+        return {"teacher_temp": self.teacher_temp}
+
+    def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
+        crops, local = step.global_crops, step.local_crops
+        if len(crops) + len(local) < 2:
+            raise ValueError("dino compares different views: the batch needs at least 2 crops (global + local).")
+        vit = self.backbones.student_vision
+        # Views are stacked view-major: rows v*B:(v+1)*B are view v (global crops first).
+        student_cls = vit.forward_tokens(torch.cat(crops))[:, 0]
+        if local:  # a second pass: local crops have another size (position embeddings resampled)
+            student_cls = torch.cat([student_cls, vit.forward_tokens(torch.cat(local))[:, 0]])
+        student_out = self.head(student_cls)
+        with torch.no_grad():
+            teacher_out = self.teacher_head(step.teacher_global_tokens()[:, 0])
+        self.loss.global_crops, self.loss.local_crops = len(crops), len(local)
+        return self.loss(student_out, teacher_out, self.teacher_temp)
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        if progress.epoch < self.freeze_last_layer:  # DINO's cancel_gradients_last_layer
+            for p in self.head.last_layer.parameters():
+                p.grad = None
