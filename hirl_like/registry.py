@@ -61,7 +61,16 @@ class Registry:
 
     # -- registration -------------------------------------------------------------------------
     def register(self, name: str | None = None, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
-        """Decorator: register ``obj`` under ``name`` (default: its ``__name__``) and ``aliases``."""
+        """Decorator: register ``obj`` under ``name`` (default: its ``__name__``) and ``aliases``.
+
+        ``@REG.register`` without parentheses also works (the class itself is passed as ``name``;
+        without this guard the decorator would silently replace the class by a function).
+        """
+        if name is not None and not isinstance(name, str):
+            if callable(name) and not aliases:
+                self.add(name)
+                return name  # type: ignore[return-value]
+            raise RegistryError(f"{self.name}.register(name=...) takes a string, got {name!r}.")
 
         def decorator(obj: T) -> T:
             self.add(obj, name=name, aliases=aliases)
@@ -70,8 +79,14 @@ class Registry:
         return decorator
 
     def add(self, obj: Callable[..., Any], name: str | None = None, aliases: tuple[str, ...] = ()) -> None:
+        if not callable(obj):
+            raise RegistryError(f"{self.name} registry: can only register classes or functions, got {obj!r}.")
+        if isinstance(aliases, str):  # aliases="ViT" would register 'V', 'i', 'T'
+            aliases = (aliases,)
         key = name or obj.__name__
         for k in (key, *aliases):
+            if not isinstance(k, str) or not k:
+                raise RegistryError(f"{self.name} registry: names must be non-empty strings, got {k!r}.")
             if k in self:
                 existing = self.get(k)
                 if existing is obj:  # re-import of the same module object: harmless
@@ -104,6 +119,11 @@ class Registry:
         return sorted(a for a, k in self._aliases.items() if k == name)
 
     def get(self, name: str) -> Callable[..., Any]:
+        if not isinstance(name, str):
+            raise RegistryError(
+                f"{self.name} registry: a name must be a string, got {type(name).__name__} {name!r}. "
+                f"Available: {', '.join(self.keys()) or '(none)'}."
+            )
         if name in self._entries:
             return self._entries[name]
         if name in self._aliases:
@@ -128,7 +148,7 @@ class Registry:
         name = cfg.pop("name")
         obj = self.get(name)
         kwargs = {**cfg, **extra}
-        check_arguments(obj, kwargs, context=f"{self.name} {name!r}")
+        check_arguments(obj, kwargs, context=f"{self.name} {name!r}", require_all=True)
         return obj(**kwargs)
 
     def __repr__(self) -> str:
@@ -148,28 +168,52 @@ def _to_dict(cfg: Any) -> dict[str, Any]:
     return dict(cfg)
 
 
+def _keyword_parameters(obj: Callable[..., Any]) -> list[inspect.Parameter] | None:
+    """The parameters ``obj`` accepts by keyword (None when its signature cannot be read)."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):  # some builtins have no signature: nothing to check
+        return None
+    return [p for p in sig.parameters.values() if p.kind is not p.VAR_POSITIONAL and p.name != "self"]
+
+
 def accepted_parameters(obj: Callable[..., Any]) -> tuple[list[str], bool]:
     """The keyword names ``obj`` accepts, and whether it takes ``**kwargs``."""
-    sig = inspect.signature(obj)
-    names = [
-        p.name
-        for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
-    ]
-    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    params = _keyword_parameters(obj)
+    if params is None:
+        return [], True
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
     return names, has_var_kw
 
 
-def check_arguments(obj: Callable[..., Any], kwargs: Mapping[str, Any], context: str) -> None:
-    """Raise RegistryError naming the class, its module, its parameters and the closest match."""
+def check_arguments(
+    obj: Callable[..., Any], kwargs: Mapping[str, Any], context: str, *, require_all: bool = False
+) -> None:
+    """Raise RegistryError naming the class, its module, its parameters and the closest match.
+
+    ``require_all`` (used by :meth:`Registry.build`, which has every argument) also reports
+    required parameters that are missing, instead of a bare TypeError from the call.
+    """
     names, has_var_kw = accepted_parameters(obj)
-    if has_var_kw:
-        return
-    for key in kwargs:
-        if key not in names:
+    if not has_var_kw:
+        for key in kwargs:
+            if key not in names:
+                raise RegistryError(
+                    f"{context} ({_where(obj)}) got an unknown argument {key!r}.{_closest(str(key), names)} "
+                    f"It accepts: {', '.join(names) or '(no arguments)'}."
+                )
+    if require_all:
+        params = _keyword_parameters(obj) or []
+        missing = [
+            p.name
+            for p in params
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in kwargs
+        ]
+        if missing:
             raise RegistryError(
-                f"{context} ({_where(obj)}) got an unknown argument {key!r}.{_closest(key, names)} "
-                f"It accepts: {', '.join(names) or '(no arguments)'}."
+                f"{context} ({_where(obj)}) is missing required argument(s): {', '.join(missing)}. "
+                f"Add them to its config node. It accepts: {', '.join(names)}."
             )
 
 
@@ -198,7 +242,11 @@ def describe_registries(registries: tuple[Registry, ...] = GLOBAL_REGISTRIES) ->
 def main() -> None:
     import hirl_like  # noqa: F401  (imports every submodule so that all entries register)
 
-    print(describe_registries())
+    # Under ``python -m hirl_like.registry`` this file runs as ``__main__``, a second copy of the
+    # module with its own, empty registries; the components registered into ``hirl_like.registry``.
+    from hirl_like import registry
+
+    print(registry.describe_registries(registry.GLOBAL_REGISTRIES))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,16 @@ def build_dataset(cfg: DictConfig, needs_text: bool) -> torch.utils.data.Dataset
     return DATASETS.build(cfg.data, transform=transform, tokenizer=tokenizer, seed=int(cfg.seed))
 
 
+def compile_encoders(pipeline: nn.Module) -> None:
+    """``torch.compile`` the encoders in place (``Module.compile`` keeps state-dict keys, so
+    checkpoints stay loadable without compilation)."""
+    backbones = pipeline.backbones
+    for name in ("student_vision", "teacher_vision", "student_text", "teacher_text"):
+        module = getattr(backbones, name, None)
+        if module is not None:
+            module.compile()
+
+
 class Trainer:
     """Builds everything from a resolved config and runs :meth:`fit`."""
 
@@ -113,6 +123,8 @@ class Trainer:
         self.bad_steps_in_a_row = 0
         self._resume_if_possible()
 
+        if cfg.compile:
+            compile_encoders(self.pipeline)
         self.model: nn.Module = self.pipeline
         if dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(

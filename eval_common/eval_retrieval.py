@@ -1,0 +1,105 @@
+"""Image <-> text retrieval recall@1/5/10 on a captioned split (CLIP / COCO protocol).
+
+    python3 launch.py --launch eval_common/eval_retrieval.py --pretrained OUT/main_vit_checkpoint.pth
+
+Each image of ``--test_split`` gets ``--captions_per_image`` captions from the dataset's caption
+generator (caption c of image i is the generator's caption of i in "epoch" c: the template, and
+hence the wording, is drawn per epoch; the named class follows the dataset's caption noise).
+Image -> text: an image is a hit at k when any of its captions is among the k most similar
+texts; text -> image: a caption is a hit when its image is among the k most similar images.
+Ties count against the query. Captions built from class templates repeat across images of a
+class, and identical captions tie, so image -> text recall is bounded by how many images share
+a caption (the JSON records ``distinct_captions``). Writes ``eval_retrieval.json`` beside the
+checkpoint. Every rank extracts its shard of image embeddings; rank 0 encodes the captions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common import eval_parser, features_for_split, load_pretrained_backbone, output_path, run_script, start
+from text_model import add_text_arguments, text_tower_from_args
+
+from hirl_like.distributed import barrier
+from hirl_like.engine.dist_setup import cleanup_distributed
+from hirl_like.evaluation.report import format_table, write_json
+from hirl_like.evaluation.retrieval import retrieval_recall
+
+
+def split_captions(dataset, labels: torch.Tensor, per_image: int) -> tuple[list[str], torch.Tensor]:
+    """Captions image-major (text j describes image j // per_image) and the (M,) text -> image map."""
+    captioner = getattr(dataset, "captioner", None)
+    if captioner is None:
+        raise ValueError(f"{type(dataset).__name__} has no caption generator; retrieval needs a captioned split.")
+    captions = [
+        captioner.caption(i, int(label), epoch) for i, label in enumerate(labels.tolist()) for epoch in range(per_image)
+    ]
+    text_to_image = torch.arange(len(labels)).repeat_interleave(per_image)
+    return captions, text_to_image
+
+
+@torch.no_grad()
+def encode_captions(tower, captions: list[str], batch_size: int) -> torch.Tensor:
+    """(M, E) text embeddings on the CPU, ``batch_size`` captions per text-encoder call."""
+    chunks = [
+        tower.encode_text(tower.tokenizer(captions[i : i + batch_size])).cpu()
+        for i in range(0, len(captions), batch_size)
+    ]
+    return torch.cat(chunks)
+
+
+def main() -> int:
+    parser = eval_parser(__doc__)
+    add_text_arguments(parser)
+    parser.add_argument("--captions_per_image", type=int, default=1, help="captions per image (several template draws)")
+    parser.add_argument("--ks", default="1,5,10", help="comma-separated k of recall@k")
+    args = parser.parse_args()
+    ks = [int(k) for k in args.ks.split(",") if k]
+    if args.captions_per_image < 1:
+        parser.error("--captions_per_image must be >= 1")
+    if args.text_batch_size < 1:
+        parser.error("--text_batch_size must be >= 1")
+    cfg, dist = start(args)
+    try:
+        model, source = load_pretrained_backbone(cfg, args)
+        tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
+        tower = tower.to(dist.device)
+        image_x, labels, dataset = features_for_split(
+            model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
+        )
+        if dist.rank == 0:
+            captions, text_to_image = split_captions(dataset, labels, args.captions_per_image)
+            text_x = encode_captions(tower, captions, args.text_batch_size)
+            scores = retrieval_recall(image_x, text_x, text_to_image, ks=ks)
+            rows = [
+                {"direction": "image->text", **{f"R@{k}": scores[f"i2t_r{k}"] for k in ks}},
+                {"direction": "text->image", **{f"R@{k}": scores[f"t2i_r{k}"] for k in ks}},
+            ]
+            title = (f"retrieval ({cfg.data.name} {args.test_split}, {len(labels)} images, {len(captions)} captions, "
+                     f"{len(set(captions))} distinct)")
+            print(format_table(rows, ["direction", *[f"R@{k}" for k in ks]], title=title))
+            path = output_path(args, "retrieval")
+            write_json(path, {
+                "metric": "retrieval",
+                "checkpoint": source,
+                "text_checkpoint": text_source,
+                "dataset": str(cfg.data.name),
+                "test_split": args.test_split,
+                "num_images": len(labels),
+                "num_captions": len(captions),
+                "distinct_captions": len(set(captions)),
+                "captions_per_image": args.captions_per_image,
+                "caption_noise": float(getattr(dataset, "caption_noise", 0.0)),
+                "templates": list(dataset.captioner.templates),
+                "ks": ks,
+                "results": scores,
+            })
+            print(f"wrote {path}")
+        barrier()
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(main)

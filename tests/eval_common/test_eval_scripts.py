@@ -1,0 +1,294 @@
+"""The five evaluation scripts end to end on a tiny CLIP run over the digits data.
+
+One module fixture trains the quickstart CLIP config for 3 iterations (a few seconds) in a tmp
+folder; another starts every script run at once as subprocesses (python imports dominate their
+cost, so they overlap well) and the tests read their exit codes, output and JSON. The in-process
+tests cover eval_common/text_model.py and the scripts' caption / prompt helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+EVAL_DIR = ROOT / "eval_common"
+if str(EVAL_DIR) not in sys.path:  # the scripts import their siblings as top-level modules
+    sys.path.insert(0, str(EVAL_DIR))
+
+from eval_retrieval import split_captions  # noqa: E402
+from eval_zeroshot import class_prompts  # noqa: E402
+from text_model import load_text_tower  # noqa: E402
+
+from hirl_like.data.captions import DIGIT_CLASSNAMES, DIGIT_TEMPLATES  # noqa: E402
+from hirl_like.data.digits import DigitsDataset  # noqa: E402
+
+CONFIG = ROOT / "configs" / "quickstart" / "clip_vit_tiny_digits.yaml"
+FAST_TRAIN = ["max_iterations=3", "epochs=1", "batch_size=32", "num_workers=0", "progress_bar=false", "tensorboard=false"]
+FAST_EVAL = ["--num_workers", "0", "--batch_size", "512"]
+TIMEOUT_S = 300
+TRAIN_SIZE, TEST_SIZE = 1437, 360  # digits train / val split
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"  # several runs share 2 cores; launch.py gives 2 ranks 1 thread each too
+    return env
+
+
+def _python(*args: str | Path) -> list[str]:
+    return [sys.executable, *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clip_run")
+    proc = subprocess.run(
+        _python(ROOT / "tools" / "train.py", "-c", CONFIG, f"output_dir={out}", *FAST_TRAIN),
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("config.yaml", "checkpoint.pth", "main_vit_checkpoint.pth", "main_text_checkpoint.pth"):
+        assert (out / name).is_file(), name
+    return out
+
+
+def _script_runs(run_dir: Path, work: Path) -> dict[str, list[str]]:
+    """name -> argv; every run writes its JSON into its own folder under ``work``."""
+    vit = run_dir / "main_vit_checkpoint.pth"
+
+    # A checkpoint for another architecture: one block fewer and a decoder weight it lacks.
+    state = torch.load(vit, weights_only=True)
+    wrong = {k: v for k, v in state.items() if not k.startswith("blocks.3.")}
+    wrong["decoder.weight"] = torch.zeros(4, 4)
+    torch.save(wrong, work / "wrong_arch.pth")
+    # An image-only run: the backbone and config without a text export beside them.
+    no_text = work / "no_text_run"
+    no_text.mkdir()
+    shutil.copy(vit, no_text / vit.name)
+    shutil.copy(run_dir / "config.yaml", no_text / "config.yaml")
+
+    def script(name: str, *args: str | Path, launch: bool = False) -> list[str]:
+        path = EVAL_DIR / f"eval_{name}.py"
+        head = _python(ROOT / "launch.py", "--launch", path) if launch else _python(path)
+        return [*head, *map(str, args), *FAST_EVAL]
+
+    def out(name: str) -> list[str]:
+        (work / name).mkdir()
+        return ["--output_dir", str(work / name)]
+
+    return {
+        "knn": script("knn", "--pretrained", vit, *out("knn"), launch=True),
+        "knn_full": script("knn", "--pretrained", run_dir / "checkpoint.pth", *out("knn_full")),
+        "clustering": script("clustering", "--pretrained", vit, *out("clustering")),
+        "linear": script("linear", "--pretrained", vit, "--avgpool", "--epochs", "5", "--lrs", "0.001,0.01,0.1,1",
+                         *out("linear")),
+        "zeroshot": script("zeroshot", "--pretrained", vit, *out("zeroshot")),
+        "retrieval": script("retrieval", "--pretrained", vit, "--captions_per_image", "2", *out("retrieval")),
+        "wrong_arch": script("knn", "--pretrained", work / "wrong_arch.pth", "--config", run_dir / "config.yaml",
+                             *out("wrong_arch")),
+        "missing": script("clustering", "--pretrained", work / "nowhere" / "missing.pth", "--config",
+                          run_dir / "config.yaml"),
+        "no_text": script("zeroshot", "--pretrained", no_text / vit.name, *out("no_text")),
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(run_dir: Path, tmp_path_factory) -> dict[str, SimpleNamespace]:
+    """Every script run of this module, started together; name -> (returncode, stdout, stderr, json)."""
+    work = tmp_path_factory.mktemp("evals")
+    cmds = _script_runs(run_dir, work)
+    procs = {
+        name: subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, cmd in cmds.items()
+    }
+    deadline = time.monotonic() + TIMEOUT_S
+    results = {}
+    try:
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            files = list((work / name).glob("eval_*.json")) if (work / name).is_dir() else []
+            payload = json.loads(files[0].read_text()) if files else None
+            results[name] = SimpleNamespace(returncode=proc.returncode, stdout=stdout, stderr=stderr, json=payload)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def _ok(run: SimpleNamespace) -> dict:
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.json is not None
+    return run.json
+
+
+def _in_percent(*values: float) -> None:
+    for v in values:
+        assert 0.0 <= v <= 100.0, values
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end
+# ------------------------------------------------------------------------------------------------
+
+
+def test_knn_through_launch_py(runs):
+    out = _ok(runs["knn"])
+    assert out["metric"] == "knn" and out["ks"] == [10, 20, 100, 200] and out["temperature"] == 0.07
+    assert (out["train_size"], out["test_size"]) == (TRAIN_SIZE, TEST_SIZE)
+    scores = out["results"]["pretrained"]
+    assert set(scores) == {"10", "20", "100", "200"}
+    for v in scores.values():
+        _in_percent(v["top1"], v["top5"])
+        assert v["top5"] >= v["top1"]
+    assert scores["10"]["top1"] > 20.0  # chance is 10%; even 3 iterations give far more on digits
+    assert "| pretrained |" in runs["knn"].stdout and "eval_knn.json" in runs["knn"].stdout
+
+
+def test_full_checkpoint_gives_the_same_knn(runs):
+    # CLIP has no EMA teacher: main_vit_checkpoint.pth is the student, which checkpoint.pth holds too.
+    full = _ok(runs["knn_full"])
+    assert "backbones.student_vision." in full["checkpoint"]
+    assert full["results"] == _ok(runs["knn"])["results"]
+
+
+def test_clustering(runs):
+    out = _ok(runs["clustering"])
+    assert out["split"] == "val" and out["size"] == TEST_SIZE
+    assert out["num_clusters"] == out["num_classes"] == 10 and out["restarts"] == 5
+    r = out["results"]
+    assert set(r) == {"nmi", "ami", "ari", "acc"}
+    _in_percent(r["nmi"], r["acc"])
+    assert -100.0 <= r["ari"] <= 100.0 and r["ami"] <= 100.0
+    # The best matching is at least the average matching, which scores N / k: acc >= 100 / k.
+    assert r["acc"] >= 10.0
+
+
+def test_linear_probe_picks_lr_on_held_out_train(runs):
+    out = _ok(runs["linear"])
+    assert out["features"] == "cls+avgpool" and out["feature_dim"] == 2 * 192  # CLS and mean patch token
+    assert out["learning_rates"] == [0.001, 0.01, 0.1, 1.0] and out["epochs"] == 5
+    r = out["results"]
+    assert r["fit_size"] + r["val_size"] == out["train_size"] == TRAIN_SIZE and r["val_size"] > 0
+    val = {float(k): v for k, v in r["val_top1"].items()}
+    assert set(val) == set(out["learning_rates"])
+    assert r["best_lr"] == max(out["learning_rates"], key=lambda lr: val[lr])  # chosen on held-out train data
+    _in_percent(r["test_top1"], r["test_top5"], *val.values())
+    assert r["test_top5"] >= r["test_top1"] > 20.0
+
+
+def test_zeroshot(runs):
+    out = _ok(runs["zeroshot"])
+    assert out["classnames"] == list(DIGIT_CLASSNAMES) and out["templates"] == list(DIGIT_TEMPLATES)
+    assert out["text_checkpoint"].endswith("main_text_checkpoint.pth") and out["logit_scale"] > 0
+    r = out["results"]
+    _in_percent(r["top1"], r["top5"])
+    assert r["top5"] >= r["top1"]
+
+
+def test_retrieval(runs):
+    out = _ok(runs["retrieval"])
+    assert out["num_images"] == TEST_SIZE and out["num_captions"] == 2 * TEST_SIZE
+    assert 1 <= out["distinct_captions"] <= len(DIGIT_CLASSNAMES) * len(DIGIT_TEMPLATES)
+    r = out["results"]
+    assert set(r) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    _in_percent(*r.values())
+    for d in ("i2t", "t2i"):
+        assert r[f"{d}_r1"] <= r[f"{d}_r5"] <= r[f"{d}_r10"]
+
+
+def test_wrong_architecture_lists_missing_and_unexpected_keys(runs):
+    run = runs["wrong_arch"]
+    assert run.returncode == 2
+    assert "missing keys" in run.stderr and "blocks.3." in run.stderr
+    assert "unexpected keys" in run.stderr and "decoder.weight" in run.stderr
+    assert run.json is None
+
+
+def test_missing_checkpoint_names_the_path(runs):
+    run = runs["missing"]
+    assert run.returncode == 2
+    assert "missing.pth" in run.stderr and "not found" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_run_without_text_tower_is_a_clear_error(runs):
+    run = runs["no_text"]
+    assert run.returncode == 2 and "no text tower" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_single_process_knn(run_dir, runs, tmp_path):
+    cmd = _python(ROOT / "launch.py", "--launch", EVAL_DIR / "eval_knn.py", "--np", "2",
+                  "--pretrained", run_dir / "main_vit_checkpoint.pth", "--output_dir", tmp_path, *FAST_EVAL)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "eval_knn.json").read_text())
+    one = _ok(runs["knn"])
+    # Every sample gathered exactly once (no padded duplicates) and the same figures.
+    assert (two["train_size"], two["test_size"]) == (TRAIN_SIZE, TEST_SIZE)
+    assert two["results"] == one["results"]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports
+
+
+# ------------------------------------------------------------------------------------------------
+# in process: text tower loading and the scripts' helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def test_text_tower_from_export_equals_the_one_in_the_full_checkpoint(run_dir):
+    export = load_text_tower(run_dir / "main_text_checkpoint.pth", vision_width=192)
+    full = load_text_tower(run_dir / "checkpoint.pth", vision_width=192)
+    tokens = export.tokenizer(["the digit seven.", "a handwritten digit two."])
+    assert tokens.shape == (2, 32)  # context length of the run's text config
+    a, b = export.encode_text(tokens), full.encode_text(tokens)
+    assert a.shape == (2, 128) and torch.equal(a, b)
+    assert torch.equal(export.image_projection.weight, full.image_projection.weight)
+    image = export.encode_image(torch.randn(3, 192))
+    assert image.shape == (3, 128) and torch.allclose(image.norm(dim=-1), torch.ones(3))
+    assert export.logit_scale == pytest.approx(full.logit_scale)
+
+
+def test_text_tower_is_loaded_strictly(run_dir, tmp_path):
+    payload = torch.load(run_dir / "main_text_checkpoint.pth", weights_only=True)
+    del payload["text"]["ln_final.weight"]
+    payload["text"]["extra.bias"] = torch.zeros(3)
+    torch.save(payload, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match=r"(?s)missing keys.*ln_final.weight.*unexpected keys.*extra.bias"):
+        load_text_tower(tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="another run"):
+        load_text_tower(run_dir / "main_text_checkpoint.pth", vision_width=384)
+    with pytest.raises(ValueError, match="not a text checkpoint"):
+        load_text_tower(run_dir / "main_vit_checkpoint.pth")
+
+
+def test_retrieval_captions_are_image_major():
+    dataset = DigitsDataset(split="val")
+    labels = torch.tensor([3, 1, 4])
+    captions, text_to_image = split_captions(dataset, labels, per_image=2)
+    assert text_to_image.tolist() == [0, 0, 1, 1, 2, 2]
+    assert captions[2] == dataset.captioner.caption(1, 1, 0) and captions[5] == dataset.captioner.caption(2, 4, 1)
+    assert DIGIT_CLASSNAMES[4] in captions[5]
+
+
+def test_zeroshot_prompts():
+    digits = DigitsDataset(split="val")
+    names, templates, _ = class_prompts(digits, imagenet=False)
+    assert names == list(DIGIT_CLASSNAMES) and templates == list(DIGIT_TEMPLATES)
+    with pytest.raises(ValueError, match="1000-class"):
+        class_prompts(digits, imagenet=True)
+    fake_imagenet = SimpleNamespace(classnames=[f"n{i:08d}" for i in range(1000)])
+    names, templates, source = class_prompts(fake_imagenet, imagenet=True)
+    assert len(names) == 1000 and len(templates) == 80 and "OPENAI" in source
+    assert templates[0]("dog") == "a bad photo of a dog."

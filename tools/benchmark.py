@@ -1,0 +1,225 @@
+"""Benchmark training steps: ``python tools/benchmark.py -c CONFIG [key=value ...] [--vs CONFIG2]
+[--batch-sizes 1,8,16,32]``.
+
+For every batch size (per process) it times full training steps (forward, backward, clipping,
+optimizer step, EMA update) after warm-up on a fixed batch from the config's own data and views,
+and reports the median and spread of the step time, images per second, peak memory (process RSS
+above the idle process on CPU, peak allocated on CUDA), model FLOPs utilisation on CUDA, the
+share of each objective (each timed alone at the largest batch size) and the data loader's own
+throughput for the same views. With ``--vs`` both configs are measured in one run and the ratios
+are printed in the layout of the Harmony paper's Table 6 (memory and time relative to the
+second config at each batch size).
+
+Each measurement runs in a fresh subprocess so that peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _bootstrap  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------
+# child: one measurement
+# ------------------------------------------------------------------------------------------
+def _rss_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux >= 4.0: writing 5 to clear_refs resets VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def measure(config: str, overrides: list[str], batch_size: int, steps: int, warmup: int, data_batches: int) -> dict:
+    import torch
+    from torch.utils.data import default_collate
+
+    import hirl_like  # noqa: F401
+    from hirl_like.config import load_config
+    from hirl_like.data.loader import build_train_loader
+    from hirl_like.engine.trainer import build_dataset, move_to
+    from hirl_like.engine.optim import build_optimizer
+    from hirl_like.registry import PIPELINES
+    from hirl_like.schedules import Progress
+
+    cfg = load_config(config, [*overrides, f"batch_size={batch_size}"])
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    torch.manual_seed(0)
+    _reset_peak_rss()
+    idle_rss = _rss_mb("VmRSS")
+    pipeline = PIPELINES.build(cfg.pipeline).to(device).train()
+    needs_text = getattr(pipeline.backbones, "student_text", None) is not None
+    dataset = build_dataset(cfg, needs_text)
+    batch = default_collate([dataset[i % len(dataset)] for i in range(batch_size)])
+    batch = move_to(batch, device)
+    optimizer, schedule = build_optimizer(cfg.optimizer, pipeline, batch_size, 100, 10_000, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.precision))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step(i: int) -> None:
+        pipeline.update_schedules(Progress(200 + i, 100, 10_000))  # past warm-ups: every term active
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = pipeline(batch)
+        scaler.scale(out["loss"]).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in pipeline.parameters() if p.grad is not None], 3.0)
+        pipeline.before_optimizer_step()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        pipeline.after_optimizer_step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for i in range(warmup):
+        step(i)
+    sync()
+    times = []
+    for i in range(steps):
+        tic = time.perf_counter()
+        step(warmup + i)
+        sync()
+        times.append(time.perf_counter() - tic)
+    median = statistics.median(times)
+    result = {
+        "batch_size": batch_size,
+        "device": str(device),
+        "step_time_median_s": median,
+        "step_time_iqr_s": (statistics.quantiles(times, n=4)[2] - statistics.quantiles(times, n=4)[0]) if len(times) >= 4 else 0.0,
+        "step_time_min_s": min(times),
+        "images_per_s": batch_size / median,
+    }
+    if device.type == "cuda":
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step(warmup + steps)
+        result["flops_per_step"] = counter.get_total_flops()
+        result["achieved_tflops"] = result["flops_per_step"] / median / 1e12
+    else:
+        result["peak_memory_mb"] = _rss_mb("VmHWM") - idle_rss
+    if data_batches:
+        loader = build_train_loader(dataset, batch_size=batch_size, num_workers=int(cfg.num_workers), seed=0, epoch=0)
+        it = iter(loader)
+        next(it)  # workers started
+        tic = time.perf_counter()
+        n = 0
+        for _ in range(data_batches):
+            try:
+                n += len(next(it)["index"])
+            except StopIteration:
+                break
+        result["loader_images_per_s"] = n / (time.perf_counter() - tic)
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# parent: orchestration and report
+# ------------------------------------------------------------------------------------------
+def run_child(config: str, overrides: list[str], batch_size: int, args: argparse.Namespace, data_batches: int) -> dict:
+    cmd = [
+        sys.executable, __file__, "--_child", "-c", config, "--batch-sizes", str(batch_size),
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--data-batches", str(data_batches), *overrides,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark of {config} at batch {batch_size} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def objective_shares(config: str, overrides: list[str], batch_size: int, args: argparse.Namespace) -> dict[str, float]:
+    """Step time of each objective trained alone (same models), as a share of their sum."""
+    from hirl_like.config import load_config
+    from hirl_like.pipelines.composed import parse_objectives
+
+    cfg = load_config(config, overrides)
+    if "objectives" not in cfg.pipeline:
+        return {}
+    names = list(parse_objectives(cfg.pipeline.objectives))
+    if len(names) < 2:
+        return {}
+    times = {n: run_child(config, [*overrides, f"pipeline.objectives=[{n}]"], batch_size, args, 0)["step_time_median_s"] for n in names}
+    total = sum(times.values())
+    return {n: t / total for n, t in times.items()}
+
+
+def fmt(x: float, unit: str = "") -> str:
+    return f"{x:.3g}{unit}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--vs", default=None, help="second config: ratios config / vs are printed (paper Table 6)")
+    parser.add_argument("--batch-sizes", default="1,8,16,32")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--data-batches", type=int, default=10, help="batches timed for the loader throughput (0 = skip)")
+    parser.add_argument("--no-objective-shares", action="store_true")
+    parser.add_argument("--output", default=None, help="write every figure to this JSON file")
+    parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to both configs")
+    args = parser.parse_args()
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    if args._child:
+        print(json.dumps(measure(args.config, args.overrides, sizes[0], args.steps, args.warmup, args.data_batches)))
+        return 0
+
+    configs = [args.config] + ([args.vs] if args.vs else [])
+    results: dict[str, list[dict]] = {c: [] for c in configs}
+    for bs in sizes:
+        for c in configs:
+            results[c].append(run_child(c, args.overrides, bs, args, args.data_batches if bs == max(sizes) else 0))
+    shares = {} if args.no_objective_shares else objective_shares(args.config, args.overrides, max(sizes), args)
+
+    for c in configs:
+        print(f"\n{c} ({results[c][0]['device']})")
+        print("| batch | step time median (IQR) | images/s | peak memory MiB |" + (" TFLOP/s |" if "achieved_tflops" in results[c][0] else ""))
+        print("|---|---|---|---|" + ("---|" if "achieved_tflops" in results[c][0] else ""))
+        for r in results[c]:
+            line = f"| {r['batch_size']} | {fmt(r['step_time_median_s'] * 1e3)} ms ({fmt(r['step_time_iqr_s'] * 1e3)}) | {fmt(r['images_per_s'])} | {fmt(r['peak_memory_mb'])} |"
+            if "achieved_tflops" in r:
+                line += f" {fmt(r['achieved_tflops'])} |"
+            print(line)
+        loader = [r for r in results[c] if "loader_images_per_s" in r]
+        if loader:
+            r = loader[0]
+            print(f"data loader: {fmt(r['loader_images_per_s'])} images/s at batch {r['batch_size']} "
+                  f"= {r['loader_images_per_s'] / r['images_per_s']:.2f}x what the training step consumes")
+    if shares:
+        print(f"\nshare of each objective (each timed alone, batch {max(sizes)}): "
+              + ", ".join(f"{n} {100 * s:.0f}%" for n, s in shares.items()))
+    if args.vs:
+        print(f"\nTable 6 layout: {Path(args.config).stem} relative to {Path(args.vs).stem} (measured in this run)")
+        print("| batch per process | memory | time |")
+        print("|---|---|---|")
+        for a, b in zip(results[args.config], results[args.vs]):
+            print(f"| {a['batch_size']} | {a['peak_memory_mb'] / b['peak_memory_mb']:.2f}x | {a['step_time_median_s'] / b['step_time_median_s']:.2f}x |")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"results": results, "objective_shares": shares}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
