@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import sys
 
-from common import eval_parser, features_for_split, load_pretrained_backbone, output_path, run_script, start
+from common import build_eval_dataset, eval_parser, features_for_split, load_pretrained_backbone, output_path, run_script, start
 from text_model import add_text_arguments, text_tower_from_args
 
 from hirl_like.distributed import barrier
@@ -29,7 +29,7 @@ IMAGENET_CLASSES = 1000
 _WNID = re.compile(r"^n\d{8}$")
 
 
-def class_prompts(dataset, imagenet: bool) -> tuple[list[str], list, str]:
+def class_prompts(dataset, imagenet: bool, warn: bool = True) -> tuple[list[str], list, str]:
     """(class names, templates, where they come from) for ``dataset``."""
     classnames = list(getattr(dataset, "classnames", ()) or ())
     if imagenet:
@@ -43,7 +43,7 @@ def class_prompts(dataset, imagenet: bool) -> tuple[list[str], list, str]:
         return list(IMAGENET_CLASSNAMES), list(OPENAI_IMAGENET_TEMPLATES), "open_clip OPENAI_IMAGENET_TEMPLATES + IMAGENET_CLASSNAMES"
     if not classnames:
         raise ValueError(f"{type(dataset).__name__} has no class names; zero-shot classification needs them.")
-    if len(classnames) == IMAGENET_CLASSES and all(_WNID.match(c) for c in classnames):
+    if warn and len(classnames) == IMAGENET_CLASSES and all(_WNID.match(c) for c in classnames):
         print("warning: the class names are WordNet ids (n0...); pass --imagenet_templates for ImageNet's names "
               "and CLIP's templates.", file=sys.stderr)
     configured = getattr(dataset, "templates", None)
@@ -63,11 +63,14 @@ def main() -> int:
         model, source = load_pretrained_backbone(cfg, args)
         tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
         tower = tower.to(dist.device)
-        feats, labels, dataset = features_for_split(
+        # Prompts first: a class-name problem should stop the run before the image pass.
+        classnames, templates, template_source = class_prompts(
+            build_eval_dataset(cfg, args.test_split), args.imagenet_templates, warn=dist.rank == 0
+        )
+        feats, labels, _ = features_for_split(
             model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
         )
         if dist.rank == 0:
-            classnames, templates, template_source = class_prompts(dataset, args.imagenet_templates)
             classifier = build_zeroshot_classifier(
                 tower.encode_text, tower.tokenizer, classnames, templates, batch_size=args.text_batch_size
             )

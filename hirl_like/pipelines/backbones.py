@@ -105,9 +105,12 @@ class Backbones(nn.Module):
         return self.teacher_vision if self.teacher_vision is not None else self.student_vision
 
     def exported_text(self) -> tuple[nn.Module | None, nn.Linear | None]:
-        if self.teacher_text is not None:
-            return self.teacher_text, self.teacher_image_projection
-        return self.student_text, self.image_projection
+        """(text encoder, image projection) for zero-shot: the projection always pairs with the
+        exported vision backbone (teacher with teacher), the text encoder is the EMA teacher when
+        there is one."""
+        text = self.teacher_text if self.teacher_text is not None else self.student_text
+        projection = self.teacher_image_projection if self.teacher_vision is not None else self.image_projection
+        return text, projection
 
     def train(self, mode: bool = True) -> "Backbones":
         super().train(mode)

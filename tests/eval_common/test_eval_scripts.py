@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -66,17 +67,6 @@ def _script_runs(run_dir: Path, work: Path) -> dict[str, list[str]]:
     """name -> argv; every run writes its JSON into its own folder under ``work``."""
     vit = run_dir / "main_vit_checkpoint.pth"
 
-    # A checkpoint for another architecture: one block fewer and a decoder weight it lacks.
-    state = torch.load(vit, weights_only=True)
-    wrong = {k: v for k, v in state.items() if not k.startswith("blocks.3.")}
-    wrong["decoder.weight"] = torch.zeros(4, 4)
-    torch.save(wrong, work / "wrong_arch.pth")
-    # An image-only run: the backbone and config without a text export beside them.
-    no_text = work / "no_text_run"
-    no_text.mkdir()
-    shutil.copy(vit, no_text / vit.name)
-    shutil.copy(run_dir / "config.yaml", no_text / "config.yaml")
-
     def script(name: str, *args: str | Path, launch: bool = False) -> list[str]:
         path = EVAL_DIR / f"eval_{name}.py"
         head = _python(ROOT / "launch.py", "--launch", path) if launch else _python(path)
@@ -94,11 +84,6 @@ def _script_runs(run_dir: Path, work: Path) -> dict[str, list[str]]:
                          *out("linear")),
         "zeroshot": script("zeroshot", "--pretrained", vit, *out("zeroshot")),
         "retrieval": script("retrieval", "--pretrained", vit, "--captions_per_image", "2", *out("retrieval")),
-        "wrong_arch": script("knn", "--pretrained", work / "wrong_arch.pth", "--config", run_dir / "config.yaml",
-                             *out("wrong_arch")),
-        "missing": script("clustering", "--pretrained", work / "nowhere" / "missing.pth", "--config",
-                          run_dir / "config.yaml"),
-        "no_text": script("zeroshot", "--pretrained", no_text / vit.name, *out("no_text")),
     }
 
 
@@ -208,24 +193,45 @@ def test_retrieval(runs):
         assert r[f"{d}_r1"] <= r[f"{d}_r5"] <= r[f"{d}_r10"]
 
 
-def test_wrong_architecture_lists_missing_and_unexpected_keys(runs):
-    run = runs["wrong_arch"]
-    assert run.returncode == 2
-    assert "missing keys" in run.stderr and "blocks.3." in run.stderr
-    assert "unexpected keys" in run.stderr and "decoder.weight" in run.stderr
-    assert run.json is None
+def _run_in_process(script: str, *args: str | Path, monkeypatch) -> int:
+    """Run eval_common/<script> as __main__ in this process (bad-input runs stop before any heavy work)."""
+    monkeypatch.setattr(sys, "argv", [str(EVAL_DIR / script), *map(str, args), *FAST_EVAL])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(EVAL_DIR / script), run_name="__main__")
+    return stop.value.code
 
 
-def test_missing_checkpoint_names_the_path(runs):
-    run = runs["missing"]
-    assert run.returncode == 2
-    assert "missing.pth" in run.stderr and "not found" in run.stderr
-    assert "Traceback" not in run.stderr
+def test_wrong_architecture_lists_missing_and_unexpected_keys(run_dir, tmp_path, monkeypatch, capsys):
+    # A checkpoint for another architecture: one block fewer and a decoder weight the ViT lacks.
+    state = torch.load(run_dir / "main_vit_checkpoint.pth", weights_only=True)
+    wrong = {k: v for k, v in state.items() if not k.startswith("blocks.3.")}
+    wrong["decoder.weight"] = torch.zeros(4, 4)
+    torch.save(wrong, tmp_path / "wrong_arch.pth")
+    code = _run_in_process("eval_knn.py", "--pretrained", tmp_path / "wrong_arch.pth", "--config",
+                           run_dir / "config.yaml", "--output_dir", tmp_path, monkeypatch=monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "missing keys" in err and "blocks.3." in err
+    assert "unexpected keys" in err and "decoder.weight" in err
+    assert not (tmp_path / "eval_knn.json").exists()
 
 
-def test_run_without_text_tower_is_a_clear_error(runs):
-    run = runs["no_text"]
-    assert run.returncode == 2 and "no text tower" in run.stderr and "Traceback" not in run.stderr
+def test_missing_checkpoint_names_the_path(run_dir, tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nowhere" / "missing.pth"
+    code = _run_in_process("eval_clustering.py", "--pretrained", missing, "--config", run_dir / "config.yaml",
+                           monkeypatch=monkeypatch)
+    assert code == 2
+    assert f"checkpoint file not found: {missing}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["eval_zeroshot.py", "eval_retrieval.py"])
+def test_run_without_text_tower_is_a_clear_error(script, run_dir, tmp_path, monkeypatch, capsys):
+    # An image-only run: the backbone and its config, no text export beside them.
+    for name in ("main_vit_checkpoint.pth", "config.yaml"):
+        shutil.copy(run_dir / name, tmp_path / name)
+    code = _run_in_process(script, "--pretrained", tmp_path / "main_vit_checkpoint.pth", monkeypatch=monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and "has no text tower" in err and "--text_pretrained" in err
 
 
 @pytest.mark.slow

@@ -198,3 +198,15 @@ def test_export_loads_strictly_into_timm():
     text = pipeline.export_text()
     assert set(text) >= {"text", "image_projection", "text_config", "embed_dim", "logit_scale"}
     assert "text_projection.weight" in text["text"]
+
+
+def test_exported_projection_pairs_with_exported_vision():
+    """iBOT gives a vision teacher but no text teacher: the exported image projection must be the
+    teacher's, matching main_vit_checkpoint.pth."""
+    pipeline = build(["clip", "ibot"])
+    assert pipeline.backbones.teacher_text is None and pipeline.backbones.teacher_vision is not None
+    text = pipeline.export_text()
+    assert torch.equal(text["image_projection"], pipeline.backbones.teacher_image_projection.weight)
+    with torch.no_grad():
+        pipeline.backbones.image_projection.weight.add_(1.0)
+    assert not torch.equal(pipeline.export_text()["image_projection"], pipeline.backbones.image_projection.weight)
