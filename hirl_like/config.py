@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -169,6 +170,8 @@ def parse_value(text: str, where: str = "value") -> Any:
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping with the safe loader; errors name the file and what is wrong."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a YAML config file (-c/--config or {BASE_KEY}).")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}. Check the path given to -c/--config or to {BASE_KEY}.")
     try:
@@ -217,6 +220,8 @@ def _same_component(old: Any, new: Any) -> bool:
     """True when ``new`` names the same thing as ``old`` (equal, or an alias of the same entry)."""
     if old == new:
         return True
+    if not isinstance(new, str):
+        return False
     return any(new in reg and reg.get(new) is reg.get(old) for reg in _owners(old))
 
 
@@ -371,6 +376,8 @@ def _check_value(full: str, current: Any, value: Any, source: str, in_component:
             f"{source}: {full} cannot be null; it expects {_kind(current)} (currently {_short(current)}). "
             f"Give a value of that type."
         )
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{source}: {full} cannot be nan. Give a number.")
     if full in NUMBER_KEYS and _kind(value) in ("int", "float"):
         return
     if not _compatible(current, value):
@@ -501,6 +508,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     ``{name: Other}``, so the next overrides fill in the new component's arguments."""
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a list of key=value strings, got the single string {overrides!r}.")
+    cfg = copy.deepcopy(cfg)  # the name branch below edits in place; never the caller's dict
     free: set[str] = set()  # nodes replaced by a name change: their keys are the new component's
     for item in overrides:
         key, text = split_override(item)
@@ -629,7 +637,13 @@ def _mark_new_keys(node: Mapping[str, Any], base: Any, in_component: bool = Fals
 
 def dump_config(cfg: DictConfig | Mapping[str, Any], *, defaults: str | os.PathLike[str] | None = DEFAULTS_FILE) -> str:
     """The resolved config as YAML that :func:`load_config` reads back to the same config
-    (keys the defaults lack are written ``+key`` where loading needs it)."""
+    (keys the defaults lack are written ``+key`` where loading needs it).
+
+    One corner case does not round-trip: a component node replaced (by a name change) with a
+    node of the same name as the defaults' node at that place is merged with the defaults'
+    arguments when reloaded (e.g. ``transform.name=MultiCropTransform`` over a file that had
+    changed it away from the defaults' MultiCropTransform).
+    """
     data = to_dict(cfg)
     if defaults is not None:
         data = _mark_new_keys(data, read_yaml(defaults))

@@ -42,7 +42,8 @@ def _closest(word: str, candidates: list[str]) -> str:
     matches = difflib.get_close_matches(word, candidates, n=3, cutoff=0.5)
     if not matches:
         lowered = {c.lower(): c for c in candidates}
-        matches = [lowered[m] for m in difflib.get_close_matches(word.lower(), list(lowered), n=3, cutoff=0.5)]
+        # a second try ignoring case ('VIT' -> 'vit'), stricter so that it does not suggest noise
+        matches = [lowered[m] for m in difflib.get_close_matches(word.lower(), list(lowered), n=3, cutoff=0.75)]
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
 
@@ -101,7 +102,7 @@ class Registry:
 
     # -- lookup ------------------------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
-        return name in self._entries or name in self._aliases
+        return isinstance(name, str) and (name in self._entries or name in self._aliases)
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._entries))

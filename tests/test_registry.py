@@ -237,6 +237,7 @@ def test_listing_command_prints_every_global_registry_with_module_paths():
         [sys.executable, "-m", "hirl_like.registry"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
     listing = parse_listing(proc.stdout)
     assert set(listing) == {"MODELS", "PIPELINES", "OBJECTIVES", "LOSSES", "DATASETS", "TRANSFORMS"}
     assert listing["MODELS"]["vit"] == "hirl_like.models.vit:VisionTransformer"

@@ -1,3 +1,12 @@
 """Data: datasets (registered in DATASETS), view transforms (TRANSFORMS), tokenizer, masks, loaders."""
 
-from hirl_like.data import digits, fashion_mnist, image_folder, masking, transforms  # noqa: F401
+from hirl_like.data import (  # noqa: F401
+    caption_csv,
+    caption_folder,
+    digits,
+    fashion_mnist,
+    image_folder,
+    masking,
+    transforms,
+    webdataset_shards,
+)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from hirl_like.config import save_config, to_dict
+from hirl_like.data.bad_samples import BAD_KEY, BadSampleTracker
 from hirl_like.data.loader import build_train_loader
 from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.distributed import all_gather_no_grad, all_reduce_sum, barrier
@@ -106,6 +107,7 @@ class Trainer:
                 f"the dataset has {len(self.dataset)} samples, fewer than one global batch "
                 f"({self.batch_size} x {dist.world_size} processes); lower batch_size."
             )
+        self.bad_samples = BadSampleTracker.for_dataset(self.dataset)  # data.max_bad_fraction / max_bad_samples
         self.total_iterations = int(cfg.epochs) * self.iters_per_epoch
         if cfg.max_iterations is not None:
             self.total_iterations = min(self.total_iterations, int(cfg.max_iterations))
@@ -277,6 +279,7 @@ class Trainer:
             for batch in loader:
                 if self.iteration >= self.total_iterations:
                     break
+                self.bad_samples.update(batch.pop(BAD_KEY, None))  # skipped samples; raises past the limit
                 progress = Progress(self.iteration, self.iters_per_epoch, self.schedule_iterations, int(cfg.seed))
                 tic = time.time()
                 values = self.train_step(batch, progress)
@@ -289,13 +292,14 @@ class Trainer:
                 if progress_bar is not None:
                     progress_bar.update(1)
                     if values is not None:
-                        progress_bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=f"{self.iteration / self.iters_per_epoch:.2f}")
+                        progress_bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=f"{self.iteration / self.iters_per_epoch:.2f}", **self.bad_samples.postfix())
                 if self.iteration % int(cfg.log_interval) == 0 or self.iteration == self.total_iterations:
                     self._log_window(means, start_time, images_seen)
                 if cfg.checkpoint_interval and self.iteration % int(cfg.checkpoint_interval) == 0:
                     self.save()
             epoch_done = self.iteration // self.iters_per_epoch
             if self.iteration % self.iters_per_epoch == 0 or self.iteration >= self.total_iterations:
+                self._end_data_epoch(epoch)
                 numbered = epoch_done if cfg.save_interval and epoch_done % int(cfg.save_interval) == 0 else None
                 self.save(numbered_epoch=numbered)
         if progress_bar is not None:
@@ -303,6 +307,15 @@ class Trainer:
         summary = self._finish(last_values, time.time() - start_time)
         self.logger.close()
         return summary
+
+    def _end_data_epoch(self, epoch: int) -> None:
+        """Log the epoch's bad-sample counts summed over ranks (a collective: all ranks call it), then
+        stop if they exceed the limit."""
+        record = self.bad_samples.end_epoch(epoch, reduce=lambda t: all_reduce_sum(t.to(self.device)))
+        self.logger.log({**record, "iteration": self.iteration})
+        if self.is_main and record["bad_samples"]:
+            print(self.bad_samples.summary_line(record))
+        self.bad_samples.check_epoch(record)
 
     def _log_window(self, means: RunningMeans, start_time: float, images_seen: int) -> None:
         record = {

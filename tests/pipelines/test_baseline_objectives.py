@@ -91,7 +91,7 @@ def test_loss_goes_down_and_teachers_follow(objectives):
     losses = []
     for it in range(6):
         out = run_step(pipeline, batch, iteration=20 + it)
-        losses.append({k: float(out[k]) for k in ["loss", *names(objectives)]})
+        losses.append({k: float(out[k].detach()) for k in ["loss", *names(objectives)]})
         out["loss"].backward()
         pipeline.before_optimizer_step()
         opt.step()
