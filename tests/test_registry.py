@@ -11,10 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from omegaconf import OmegaConf
+ROOT = Path(__file__).resolve().parents[1]
+# Started at import, so that the child's seconds of importing torch overlap this process's own.
+_LISTING = subprocess.Popen(
+    [sys.executable, "-m", "hirl_like.registry"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+)
 
-from hirl_like.registry import (
+import pytest  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from hirl_like.registry import (  # noqa: E402
     DATASETS,
     GLOBAL_REGISTRIES,
     LOSSES,
@@ -27,8 +33,6 @@ from hirl_like.registry import (
     check_arguments,
     describe_registries,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Head:
@@ -233,9 +237,12 @@ def parse_listing(text: str) -> dict[str, dict[str, str]]:
 
 
 def test_listing_command_prints_every_global_registry_with_module_paths():
-    proc = subprocess.run(
-        [sys.executable, "-m", "hirl_like.registry"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    try:
+        stdout, stderr = _LISTING.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        _LISTING.kill()
+        raise
+    proc = subprocess.CompletedProcess(_LISTING.args, _LISTING.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     listing = parse_listing(proc.stdout)

@@ -1,0 +1,199 @@
+"""Pre-train and evaluate several methods under one budget and compare them in one table.
+
+    python tools/compare.py -c configs/compare/digits_quickstart.yaml [key=value ...]
+
+Each method is trained through ``launch.py --launch tools/train.py`` (the same code path as a
+single run) into ``<output_dir>/<label>/``, then every listed evaluation runs through
+``launch.py --launch eval_common/eval_<name>.py``. Work whose outputs exist is skipped, so an
+interrupted comparison resumes where it stopped. A method that fails becomes a row saying why.
+Writes ``results.md`` (methods as rows, best value per column in bold), ``results.csv`` and
+``results.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cli import config_parser, run_cleanly
+
+from hirl_like.config import ConfigError, load_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = Path(__file__).with_name("compare_defaults.yaml")
+TEXT_EVALUATIONS = ("zeroshot", "retrieval")
+
+# (evaluation, column name, how to read the figure from eval_<name>.json)
+COLUMNS: list[tuple[str, str, callable]] = [
+    ("knn", "k-NN top-1 (k=20)", lambda r: r["results"]["pretrained"]["20"]["top1"]),
+    ("linear", "linear top-1", lambda r: r["results"]["test_top1"]),
+    ("clustering", "clustering NMI", lambda r: r["results"]["nmi"]),
+    ("clustering", "clustering acc", lambda r: r["results"]["acc"]),
+    ("zeroshot", "zero-shot top-1", lambda r: r["results"]["top1"]),
+    ("retrieval", "image->text R@1", lambda r: r["results"]["i2t_r1"]),
+    ("retrieval", "text->image R@1", lambda r: r["results"]["t2i_r1"]),
+]
+
+
+@dataclass
+class MethodResult:
+    label: str
+    status: str = "ok"
+    train_time_s: float | None = None
+    figures: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def last_error_line(text: str) -> str:
+    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+    for line in reversed(lines):
+        if line.startswith(("error:", "[launch]")) or "Error" in line:
+            return line[:300]
+    return (lines[-1] if lines else "no output")[:300]
+
+
+def run(cmd: Sequence[str], log: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}\n")
+    return proc
+
+
+def fingerprint(parts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def train_method(cfg, method: dict, out: Path) -> MethodResult:
+    label = str(method["label"])
+    result = MethodResult(label)
+    overrides = [*cfg.shared, *method.get("overrides", []), f"output_dir={out}"]
+    train_cmd = ["launch.py", "--launch", "tools/train.py", *cfg.launcher, "-c", str(method["config"]), *overrides]
+    marker = out / "train_done.json"
+    key = fingerprint(train_cmd)
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == key:
+        result.train_time_s = json.loads(marker.read_text()).get("wall_time_s")
+        result.notes.append("training reused")
+        return result
+    tic = time.time()
+    proc = run(train_cmd, out / "compare.log")
+    if proc.returncode != 0:
+        result.status = f"failed in training: {last_error_line(proc.stderr + proc.stdout)}"
+        return result
+    result.train_time_s = round(time.time() - tic, 1)
+    marker.write_text(json.dumps({"fingerprint": key, "wall_time_s": result.train_time_s, "command": train_cmd}))
+    return result
+
+
+def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
+    checkpoint = out / "main_vit_checkpoint.pth"
+    has_text = (out / "main_text_checkpoint.pth").is_file()
+    for name, extra in cfg.evaluations.items():
+        if name in TEXT_EVALUATIONS and not has_text:
+            continue
+        report = out / f"eval_{name}.json"
+        if report.is_file() and report.stat().st_mtime >= checkpoint.stat().st_mtime:
+            continue
+        cmd = ["launch.py", "--launch", f"eval_common/eval_{name}.py", *cfg.launcher,
+               "--pretrained", str(checkpoint), *extra, *cfg.eval_overrides]
+        proc = run(cmd, out / "compare.log")
+        if proc.returncode != 0:
+            result.notes.append(f"{name} failed: {last_error_line(proc.stderr + proc.stdout)}")
+    for name, column, read in COLUMNS:
+        report = out / f"eval_{name}.json"
+        if name in cfg.evaluations and report.is_file():
+            result.figures[column] = float(read(json.loads(report.read_text())))
+
+
+def write_reports(results: list[MethodResult], columns: list[str], folder: Path, title: str) -> None:
+    best = {c: max((r.figures[c] for r in results if c in r.figures), default=None) for c in columns}
+    header = ["method", *columns, "train time (s)", "status"]
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        cells = [r.label]
+        for c in columns:
+            if c not in r.figures:
+                cells.append("—")
+            else:
+                text = f"{r.figures[c]:.2f}"
+                cells.append(f"**{text}**" if best[c] is not None and r.figures[c] == best[c] else text)
+        cells.append(f"{r.train_time_s:.0f}" if r.train_time_s is not None else "—")
+        cells.append(r.status + ("; " + "; ".join(r.notes) if r.notes else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Best value per column in bold. '—': not run (no text tower for zero-shot/retrieval) or failed."]
+    (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(folder / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for r in results:
+            writer.writerow([r.label, *[r.figures.get(c, "") for c in columns], r.train_time_s or "", r.status])
+    plot(results, columns, folder / "results.png", title)
+
+
+def plot(results: list[MethodResult], columns: list[str], path: Path, title: str) -> None:
+    """Grouped bars: one group per evaluation, one bar per method, values written on the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in results if r.figures]
+    if not shown or not columns:
+        return
+    width = 0.8 / len(shown)
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(columns) * max(1, len(shown) / 3)), 4.8))
+    for i, r in enumerate(shown):
+        xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(columns))]
+        values = [r.figures.get(c, 0.0) for c in columns]
+        bars = ax.bar(xs, values, width, label=r.label)
+        for bar, c in zip(bars, columns):
+            if c in r.figures:
+                ax.annotate(f"{r.figures[c]:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(columns)), columns, rotation=15)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    ax.legend(ncol=min(len(shown), 4), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = config_parser(__doc__).parse_args(argv)
+    cfg = load_config(args.config, args.overrides, defaults=DEFAULTS)
+    if not cfg.methods:
+        raise ConfigError(f"{args.config}: 'methods' is empty; list at least one {{label, config}}.")
+    for evaluation in cfg.evaluations:
+        if not (ROOT / "eval_common" / f"eval_{evaluation}.py").is_file():
+            raise ConfigError(f"evaluations.{evaluation}: no eval_common/eval_{evaluation}.py")
+    folder = Path(cfg.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compare_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    results = []
+    for method in cfg.methods:
+        out = folder / str(method["label"]).replace("/", "_").replace(" ", "_")
+        print(f"[compare] {method['label']}: training ({method['config']})", flush=True)
+        result = train_method(cfg, method, out)
+        if result.status == "ok":
+            print(f"[compare] {method['label']}: evaluating", flush=True)
+            evaluate_method(cfg, result, out)
+        print(f"[compare] {method['label']}: {result.status} {json.dumps(result.figures)}", flush=True)
+        results.append(result)
+    columns = [c for name, c, _ in COLUMNS if name in cfg.evaluations and any(c in r.figures for r in results)]
+    write_reports(results, columns, folder, f"Comparison: {Path(args.config).stem}")
+    print((folder / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    run_cleanly(main)
