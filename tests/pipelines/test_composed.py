@@ -184,9 +184,9 @@ def test_full_harmony_loss_goes_down():
         opt.zero_grad()
         pipeline.after_optimizer_step()
     last = {k: float(v) for k, v in out.items() if k in HARMONY}
-    assert float(out["loss"].detach()) < sum(first.values())
     # The self-distillation terms (ibot, text_distill) chase a moving EMA teacher and centre, so
-    # over 12 steps on one batch they need not fall; the terms with fixed targets must.
+    # over 12 steps on one batch they need not fall (nor need the weighted total); the terms with
+    # fixed targets must.
     for name in ("clip", "mae", "mlm"):
         assert last[name] < first[name], (name, first[name], last[name])
     assert math.isfinite(last["ibot"]) and math.isfinite(last["text_distill"])
