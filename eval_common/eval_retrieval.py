@@ -9,7 +9,9 @@ Image -> text: an image is a hit at k when any of its captions is among the k mo
 texts; text -> image: a caption is a hit when its image is among the k most similar images.
 Ties count against the query. Captions built from class templates repeat across images of a
 class, and identical captions tie, so image -> text recall is bounded by how many images share
-a caption (the JSON records ``distinct_captions``). Writes ``eval_retrieval.json`` beside the
+a caption (the JSON records ``distinct_captions``); ``--match class`` scores category-level
+recall instead (a retrieved item is correct when it has the query's class, the class a caption
+names being the one its words say, after caption noise). Writes ``eval_retrieval.json`` beside the
 checkpoint. Every rank extracts its shard of image embeddings; rank 0 encodes the captions.
 """
 
@@ -23,19 +25,21 @@ from text_model import add_text_arguments, text_tower_from_args
 from hirl_like.distributed import barrier
 from hirl_like.engine.dist_setup import cleanup_distributed
 from hirl_like.evaluation.report import format_table, write_json
-from hirl_like.evaluation.retrieval import retrieval_recall
+from hirl_like.evaluation.retrieval import class_retrieval_recall, retrieval_recall
 
 
-def split_captions(dataset, labels: torch.Tensor, per_image: int) -> tuple[list[str], torch.Tensor]:
-    """Captions image-major (text j describes image j // per_image) and the (M,) text -> image map."""
+def split_captions(dataset, labels: torch.Tensor, per_image: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Captions image-major (text j describes image j // per_image), the (M,) text -> image map and
+    the (M,) class each caption names (the image's class unless caption noise changed it)."""
     captioner = getattr(dataset, "captioner", None)
     if captioner is None:
         raise ValueError(f"{type(dataset).__name__} has no caption generator; retrieval needs a captioned split.")
     captions = [
         captioner.caption(i, int(label), epoch) for i, label in enumerate(labels.tolist()) for epoch in range(per_image)
     ]
+    named = torch.tensor([captioner.noisy_label(i, int(label)) for i, label in enumerate(labels.tolist())])
     text_to_image = torch.arange(len(labels)).repeat_interleave(per_image)
-    return captions, text_to_image
+    return captions, text_to_image, named.repeat_interleave(per_image)
 
 
 @torch.no_grad()
@@ -53,6 +57,9 @@ def main() -> int:
     add_text_arguments(parser)
     parser.add_argument("--captions_per_image", type=int, default=1, help="captions per image (several template draws)")
     parser.add_argument("--ks", default="1,5,10", help="comma-separated k of recall@k")
+    parser.add_argument("--match", choices=("instance", "class"), default="instance",
+                        help="instance: a caption matches its own image (COCO protocol); class: any item of the "
+                             "query's class matches (for captions written from class templates)")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",") if k]
     if args.captions_per_image < 1:
@@ -68,14 +75,17 @@ def main() -> int:
             model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
         )
         if dist.rank == 0:
-            captions, text_to_image = split_captions(dataset, labels, args.captions_per_image)
+            captions, text_to_image, caption_labels = split_captions(dataset, labels, args.captions_per_image)
             text_x = encode_captions(tower, captions, args.text_batch_size)
-            scores = retrieval_recall(image_x, text_x, text_to_image, ks=ks)
+            if args.match == "class":
+                scores = class_retrieval_recall(image_x, labels, text_x, caption_labels, ks=ks)
+            else:
+                scores = retrieval_recall(image_x, text_x, text_to_image, ks=ks)
             rows = [
                 {"direction": "image->text", **{f"R@{k}": scores[f"i2t_r{k}"] for k in ks}},
                 {"direction": "text->image", **{f"R@{k}": scores[f"t2i_r{k}"] for k in ks}},
             ]
-            title = (f"retrieval ({cfg.data.name} {args.test_split}, {len(labels)} images, {len(captions)} captions, "
+            title = (f"{args.match}-level retrieval ({cfg.data.name} {args.test_split}, {len(labels)} images, {len(captions)} captions, "
                      f"{len(set(captions))} distinct)")
             print(format_table(rows, ["direction", *[f"R@{k}" for k in ks]], title=title))
             path = output_path(args, "retrieval")
@@ -89,6 +99,7 @@ def main() -> int:
                 "num_captions": len(captions),
                 "distinct_captions": len(set(captions)),
                 "captions_per_image": args.captions_per_image,
+                "match": args.match,
                 "caption_noise": float(getattr(dataset, "caption_noise", 0.0)),
                 "templates": list(dataset.captioner.templates),
                 "ks": ks,

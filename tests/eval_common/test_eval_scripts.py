@@ -84,6 +84,8 @@ def _script_runs(run_dir: Path, work: Path) -> dict[str, list[str]]:
                          *out("linear")),
         "zeroshot": script("zeroshot", "--pretrained", vit, *out("zeroshot")),
         "retrieval": script("retrieval", "--pretrained", vit, "--captions_per_image", "2", *out("retrieval")),
+        "retrieval_class": script("retrieval", "--pretrained", vit, "--captions_per_image", "2", "--match", "class",
+                                  *out("retrieval_class")),
     }
 
 
@@ -193,6 +195,15 @@ def test_retrieval(runs):
         assert r[f"{d}_r1"] <= r[f"{d}_r5"] <= r[f"{d}_r10"]
 
 
+def test_class_level_retrieval(runs):
+    """Without caption noise a caption's own image is of its class: class recall >= instance recall."""
+    instance, by_class = _ok(runs["retrieval"]), _ok(runs["retrieval_class"])
+    assert by_class["match"] == "class" and instance["match"] == "instance"
+    for key, value in by_class["results"].items():
+        assert value >= instance["results"][key], key
+    assert by_class["results"]["i2t_r10"] > instance["results"]["i2t_r10"]
+
+
 def _run_in_process(script: str, *args: str | Path, monkeypatch) -> int:
     """Run eval_common/<script> as __main__ in this process (bad-input runs stop before any heavy work)."""
     monkeypatch.setattr(sys, "argv", [str(EVAL_DIR / script), *map(str, args), *FAST_EVAL])
@@ -282,8 +293,8 @@ def test_text_tower_is_loaded_strictly(run_dir, tmp_path):
 def test_retrieval_captions_are_image_major():
     dataset = DigitsDataset(split="val")
     labels = torch.tensor([3, 1, 4])
-    captions, text_to_image = split_captions(dataset, labels, per_image=2)
-    assert text_to_image.tolist() == [0, 0, 1, 1, 2, 2]
+    captions, text_to_image, named = split_captions(dataset, labels, per_image=2)
+    assert text_to_image.tolist() == [0, 0, 1, 1, 2, 2] and named.tolist() == [3, 3, 1, 1, 4, 4]
     assert captions[2] == dataset.captioner.caption(1, 1, 0) and captions[5] == dataset.captioner.caption(2, 4, 1)
     assert DIGIT_CLASSNAMES[4] in captions[5]
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hirl_like.evaluation.retrieval import retrieval_recall
+from hirl_like.evaluation.retrieval import class_retrieval_recall, retrieval_recall
 
 
 def _reference(images, texts, t2i, ks):
@@ -72,3 +72,55 @@ def test_ties_count_as_misses():
 def test_image_without_caption_is_an_error():
     with pytest.raises(ValueError, match="no caption"):
         retrieval_recall(torch.randn(3, 4), torch.randn(2, 4), torch.tensor([0, 2]))
+
+
+# --------------------------------------------------------------------------------------------
+# class-level retrieval (templated captions)
+# --------------------------------------------------------------------------------------------
+def _class_reference(images, image_labels, texts, text_labels, ks):
+    """Explicit loops; ties broken against the query (a negative equal to a positive ranks first)."""
+    images, texts = F.normalize(images.double(), dim=1), F.normalize(texts.double(), dim=1)
+
+    def recall(queries, q_labels, keys, k_labels, k):
+        hits = 0
+        for q, ql in zip(queries, q_labels):
+            order = sorted(range(len(keys)), key=lambda j: (-float(q @ keys[j]), int(k_labels[j]) == int(ql)))
+            hits += any(int(k_labels[j]) == int(ql) for j in order[:k])
+        return 100.0 * hits / len(queries)
+
+    out = {f"i2t_r{k}": recall(images, image_labels, texts, text_labels, k) for k in ks}
+    out.update({f"t2i_r{k}": recall(texts, text_labels, images, image_labels, k) for k in ks})
+    return out
+
+
+def test_class_retrieval_matches_reference():
+    g = torch.Generator().manual_seed(3)
+    image_labels = torch.randint(0, 4, (15,), generator=g)
+    text_labels = torch.randint(0, 4, (9,), generator=g)
+    centres = torch.randn(4, 6, generator=g)
+    images = centres[image_labels] + 1.5 * torch.randn(15, 6, generator=g)
+    texts = centres[text_labels] + 1.5 * torch.randn(9, 6, generator=g)
+    out = class_retrieval_recall(images, image_labels, texts, text_labels, ks=(1, 2, 5), batch_size=4)
+    ref = _class_reference(images, image_labels, texts, text_labels, (1, 2, 5))
+    assert out.keys() == ref.keys()
+    for key in ref:
+        assert out[key] == pytest.approx(ref[key]), key
+    assert 0.0 < out["i2t_r1"] < 100.0
+
+
+def test_class_retrieval_with_identical_class_captions():
+    # One caption per class, all images of a class on its caption: instance recall is capped by
+    # ties, class recall is 100; a caption collapsed onto another class's direction scores 0.
+    image_labels = torch.tensor([0, 0, 1, 1])
+    images = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]])
+    texts = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text_labels = torch.tensor([0, 1])
+    out = class_retrieval_recall(images, image_labels, texts, text_labels, ks=(1,))
+    assert out == {"i2t_r1": 100.0, "t2i_r1": 100.0}
+    swapped = class_retrieval_recall(images, image_labels, texts, torch.tensor([1, 0]), ks=(1,))
+    assert swapped == {"i2t_r1": 0.0, "t2i_r1": 0.0}
+
+
+def test_class_retrieval_needs_one_label_per_item():
+    with pytest.raises(ValueError, match="one label per image"):
+        class_retrieval_recall(torch.randn(3, 2), torch.zeros(2, dtype=torch.long), torch.randn(2, 2), torch.zeros(2, dtype=torch.long))
