@@ -52,10 +52,13 @@ class MethodResult:
 
 
 def last_error_line(text: str) -> str:
+    """The line that says why a run failed: our one-line 'error:', else a Python exception, else
+    the launcher's verdict, else the last line."""
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-    for line in reversed(lines):
-        if line.startswith(("error:", "[launch]")) or "Error" in line:
-            return line[:300]
+    for wanted in (lambda l: l.startswith("error:"), lambda l: "Error" in l, lambda l: l.startswith("[launch]")):
+        for line in reversed(lines):
+            if wanted(line):
+                return line[:300]
     return (lines[-1] if lines else "no output")[:300]
 
 

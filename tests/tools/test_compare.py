@@ -1,0 +1,71 @@
+"""tools/compare.py end to end at tiny size: the shipped digits comparison with 2-iteration runs.
+
+A third method with an override its config does not accept must become a 'failed' row, not a
+crashed comparison; a second invocation must reuse every training run and evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hirl_like.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPARE_DEFAULTS = ROOT / "tools" / "compare_defaults.yaml"
+TINY = "[epochs=1, max_iterations=2, batch_size=32, seed=0, num_workers=0, progress_bar=false, tensorboard=false]"
+
+
+@pytest.mark.parametrize("file", sorted((ROOT / "configs" / "compare").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_comparisons_load_and_name_existing_configs(file):
+    cfg = load_config(file, defaults=COMPARE_DEFAULTS)
+    assert cfg.methods
+    for method in cfg.methods:
+        assert (ROOT / method["config"]).is_file(), method["config"]
+        load_config(ROOT / method["config"], [*cfg.shared, *method.get("overrides", [])])
+
+
+def _compare(spec: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "tools" / "compare.py"), "-c", str(spec), f"output_dir={out}", f"shared={TINY}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_tiny_comparison_writes_tables_marks_failures_and_resumes(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "methods:\n"
+        "  - {label: CLIP, config: configs/quickstart/clip_vit_tiny_digits.yaml}\n"
+        "  - {label: MAE, config: configs/quickstart/mae_vit_tiny_digits.yaml}\n"
+        "  - {label: Broken, config: configs/quickstart/clip_vit_tiny_digits.yaml, overrides: [pipeline.vision.depthh=2]}\n"
+        "evaluations: {knn: [], linear: [--epochs, '2'], zeroshot: []}\n"
+    )
+    out = tmp_path / "out"
+    proc = _compare(spec, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (out / "results.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"method", "CLIP", "MAE", "Broken"}
+    assert "failed in training" in rows["Broken"] and "depthh" in rows["Broken"]
+    assert "k-NN top-1 (k=20)" in rows["method"] and "zero-shot top-1" in rows["method"]
+    assert "**" in table  # the best value of each column is marked
+    with open(out / "results.csv", newline="") as f:
+        records = {r["method"]: r for r in csv.DictReader(f)}
+    assert 0.0 <= float(records["CLIP"]["zero-shot top-1"]) <= 100.0
+    assert records["MAE"]["zero-shot top-1"] == ""  # no text tower: zero-shot is not run
+    assert float(records["MAE"]["k-NN top-1 (k=20)"]) >= 0.0
+    assert (out / "results.png").stat().st_size > 1000
+    assert json.loads((out / "CLIP" / "train_done.json").read_text())["wall_time_s"] > 0
+
+    first_knn = (out / "CLIP" / "eval_knn.json").stat().st_mtime
+    again = _compare(spec, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "CLIP" / "eval_knn.json").stat().st_mtime == first_knn  # reused, not recomputed
+    assert "training reused" in (out / "results.md").read_text()
