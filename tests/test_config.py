@@ -213,11 +213,13 @@ def test_component_argument_types_follow_the_constructor_annotations():
     assert load_config(HARMONY, ["pipeline.objectives=clip_ibot"]).pipeline.objectives == "clip_ibot"
 
 
-@pytest.mark.xfail(strict=True, reason="ComposedPipeline takes **objective_args and has no validate_config hook yet, "
-                   "so a misspelt key inside pipeline.<objective> is only caught when the pipeline is built")
 def test_a_misspelt_objective_argument_is_refused_at_load_time():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"pipeline\.ibot.*unknown argument 'out_dimm'.*Did you mean 'out_dim'"):
         load_config(HARMONY, ["pipeline.ibot.out_dimm=64"])
+    with pytest.raises(ConfigError, match="unknown argument 'ibott'.*did you mean 'ibot'"):
+        load_config(HARMONY, ["+pipeline.ibott={out_dim: 64}"])
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(HARMONY, ["+pipeline.simclr=3"])
 
 
 # --------------------------------------------------------------------------------------------

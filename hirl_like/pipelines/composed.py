@@ -19,6 +19,7 @@ forward(batch) returns {"loss": sum_k w_k * L_k, "<name>": L_k (unweighted, deta
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ import hirl_like.pipelines.objectives  # noqa: F401  (registers every objective)
 from hirl_like.distributed import get_rank
 from hirl_like.pipelines.backbones import Backbones, ema_update
 from hirl_like.pipelines.step_cache import StepCache
-from hirl_like.registry import OBJECTIVES, PIPELINES
+from hirl_like.registry import OBJECTIVES, PIPELINES, check_arguments
 from hirl_like.schedules import Progress, cosine
 
 
@@ -92,15 +93,7 @@ class ComposedPipeline(nn.Module):
             raise ValueError("pipeline.vision is required, e.g. {name: vit, arch: vit_small, img_size: 224, patch_size: 16}.")
         if not 0.0 <= ema_momentum <= 1.0 or not 0.0 <= ema_momentum_end <= 1.0:
             raise ValueError(f"EMA momenta must lie in [0, 1], got {ema_momentum} -> {ema_momentum_end}.")
-        for key in objective_args:
-            if key not in OBJECTIVES:
-                hint = difflib.get_close_matches(key, OBJECTIVES.keys(), n=1)
-                raise ValueError(
-                    f"pipeline got an unknown argument {key!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else ".")
-                    + f" Pipeline arguments: objectives, vision, text, embed_dim, ema_momentum, ema_momentum_end,"
-                    f" or an objective's argument node ({', '.join(OBJECTIVES.keys())})."
-                )
+        self.validate_config(objective_args, "pipeline")
         self.weights = parse_objectives(objectives)
         self.backbones = Backbones(dict(vision), dict(text) if text is not None else None, embed_dim)
         self.objectives = nn.ModuleDict(
@@ -114,6 +107,31 @@ class ComposedPipeline(nn.Module):
         self.ema_momentum_end = ema_momentum_end
         self.ema_momentum = ema_momentum
         self._progress = Progress(0, 1, 1)
+
+    @staticmethod
+    def validate_config(node: Mapping[str, Any], path: str) -> None:
+        """Check the objective argument nodes (the ``**objective_args``) before anything is built.
+
+        Called by the config loader on the pipeline node, so ``pipeline.ibot.out_dimm=64`` fails at
+        load time with the objective's accepted arguments. Every node is checked, listed or not.
+        """
+        fixed = set(inspect.signature(ComposedPipeline.__init__).parameters) - {"self", "objective_args"}
+        for key, value in node.items():
+            if key in fixed:
+                continue
+            if key not in OBJECTIVES:
+                hint = difflib.get_close_matches(key, [*OBJECTIVES.keys(), *fixed], n=1)
+                raise ValueError(
+                    f"{path} got an unknown argument {key!r}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else ".")
+                    + f" Pipeline arguments: {', '.join(sorted(fixed))},"
+                    f" or an objective's argument node ({', '.join(OBJECTIVES.keys())})."
+                )
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{path}.{key} must be a mapping of {key}'s arguments, got {value!r}.")
+            check_arguments(OBJECTIVES.get(key), value, context=f"config node {path}.{key} (objective {key!r})")
 
     @property
     def has_teachers(self) -> bool:
