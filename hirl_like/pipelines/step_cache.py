@@ -17,15 +17,23 @@ from typing import Any, TypeVar
 
 import torch
 
+from hirl_like.data.captions import mix_seed
 from hirl_like.pipelines.backbones import Backbones, l2_normalize
 from hirl_like.schedules import Progress
 
 T = TypeVar("T")
 
 
+_SALT_STEP = 0x57E9
+
+
 def step_seed(seed: int, iteration: int, rank: int) -> int:
-    """A 63-bit seed that differs for every (seed, iteration, rank)."""
-    return hash((int(seed), int(iteration), int(rank), "hirl_like.step")) & ((1 << 63) - 1)
+    """A 63-bit seed that differs for every (seed, iteration, rank), identical in every process.
+
+    A pure integer mix (splitmix64), never ``hash()``: string hashing is salted per process
+    (PYTHONHASHSEED), which made masks and drop path differ after a restart.
+    """
+    return mix_seed(_SALT_STEP, seed, iteration, rank) >> 1
 
 
 class StepCache:

@@ -162,24 +162,90 @@ def test_two_node_training_over_loopback(tmp_path):
     assert summary["world_size"] == 2 and summary["params_in_sync"]
 
 
+def _wait_for_new_checkpoint(path: Path, proc: subprocess.Popen, after: float, timeout: float = 120) -> bool:
+    """True once ``path`` was (re)written later than ``after`` (mtime); False if ``proc`` ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.is_file() and path.stat().st_mtime > after:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
-    """A run killed with SIGKILL several times (also while checkpointing) and restarted with the
-    same command ends with the weights of an uninterrupted run."""
-    args = ["tools/train.py", "-c", str(CLIP), *FAST, "max_iterations=16", "checkpoint_interval=1"]
+@pytest.mark.parametrize("config,overrides", [(CLIP, FAST), (HARMONY, HARMONY_FAST)], ids=["clip", "harmony"])
+def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, config, overrides):
+    """A run killed with SIGKILL several times at random moments (a checkpoint is written every
+    step, so some kills land mid-write) and restarted with the same command ends with the weights
+    of an uninterrupted run, bit for bit."""
+    import random
+
+    args = ["tools/train.py", "-c", str(config), *overrides, "max_iterations=12", "checkpoint_interval=1"]
     straight = run_cli([*args, f"output_dir={tmp_path / 'straight'}"])
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = tmp_path / "killed"
-    delays = iter([4.0, 5.5, 6.5, 8.0])
-    for _ in range(12):
-        proc = subprocess.Popen([sys.executable, *args, f"output_dir={killed}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        delay = next(delays, None)
-        if delay is None:
-            assert proc.wait(timeout=240) == 0, proc.stderr.read()[-2000:]
+    checkpoint = killed / "checkpoint.pth"
+    rng = random.Random(f"sigkill-{config.stem}")
+    kills, resumed_from = 0, []
+    for attempt in range(8):
+        start = checkpoint.stat().st_mtime if checkpoint.is_file() else 0.0
+        resumed_from.append(load_checkpoint(checkpoint)["iteration"] if checkpoint.is_file() else 0)
+        proc = subprocess.Popen([sys.executable, *args, f"output_dir={killed}"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < 3 and _wait_for_new_checkpoint(checkpoint, proc, after=start):
+            time.sleep(rng.uniform(0.0, 1.0))  # somewhere in the next steps or checkpoint writes
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+        assert proc.wait(timeout=240) in (0, -signal.SIGKILL), proc.stderr.read()[-2000:]
+        if proc.returncode == 0:
             break
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    assert kills >= 2, f"only {kills} kill(s) landed mid-run; the run is too short for this machine"
+    assert len(set(resumed_from)) >= 3, f"restarts resumed from iterations {resumed_from}"
     assert not list(killed.glob(".*.tmp.*")), "a killed write's temp file was not cleaned up"
     assert_same_weights(tmp_path / "straight", killed)
+
+
+def _pids_with_env(marker: str, key: str, value: str) -> list[int]:
+    """Processes whose command line contains ``marker`` and whose environment has key=value."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker not in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"{key}={value}".encode() in env:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's pid through /proc")
+def test_killing_one_training_rank_ends_the_job(tmp_path):
+    """SIGKILL one rank of a 2-process training run: the launcher stops the survivor (stuck in a
+    collective) and exits non-zero within 60 s, naming the killed rank."""
+    out = tmp_path / "np2_killed"
+    cmd = [sys.executable, "launch.py", "--launch", "tools/train.py", "--np", "2", "-c", str(CLIP),
+           f"output_dir={out}", *FAST, "epochs=50"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "log.jsonl").is_file() or '"type": "train"' not in (out / "log.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        victims = _pids_with_env(str(out), "RANK", "1")
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = proc.communicate(timeout=90)
+        assert time.monotonic() - killed_at < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "[launch] rank 1 (local 1 on node 0) was killed by signal 9 (SIGKILL)" in stderr, stderr[-3000:]
+    assert not _pids_with_env(str(out), "RANK", "0"), "the surviving rank was left running"
