@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hirl_like.data.bad_samples import BadSample, BadSampleError, bad_sample
 from hirl_like.data.captions import DEFAULT_TEMPLATES, CaptionGenerator, mix_seed
 from hirl_like.data.tokenizer import ClipTokenizer
 
@@ -134,13 +135,20 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             )
         return out
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def sample_name(self, index: int) -> str:
+        """What a bad-sample report calls sample ``index`` (a file path where there is one)."""
+        return f"{type(self).__name__}[{index}]"
+
+    def __getitem__(self, index: int) -> dict[str, Any] | BadSample:
         index = int(index)
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {n}")
         index %= n
-        img, label = self.load(index)
+        try:
+            img, label = self.load(index)
+        except BadSampleError as err:  # an unreadable file is skipped and counted, not a crash
+            return bad_sample(index, self.sample_name(index), err)
         sample = self._apply_transform(img, index)
         caption = self.captioner.caption(index, label, self.epoch)
         sample["label"] = int(label)

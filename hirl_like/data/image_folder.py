@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
+from hirl_like.data.bad_samples import decode_image
 from hirl_like.data.base import ImageCaptionDataset, Transform
 from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.registry import DATASETS
@@ -81,10 +82,12 @@ class ImageFolderDataset(ImageCaptionDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sample_name(self, index: int) -> str:
+        return self.samples[index][0]
+
     def load(self, index: int) -> tuple[Image.Image, int]:
         path, label = self.samples[index]
-        with Image.open(path) as f:
-            img = f.convert("RGB")  # convert() loads the pixels, so the file can close
+        img = decode_image(path)  # BadSampleError for a corrupt, truncated or empty file
         if self.image_size is not None:
             w, h = img.size
             scale = self.image_size / min(w, h)

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from hirl_like.data.bad_samples import BAD_KEY
 from hirl_like.distributed import get_world_size, is_distributed
 
 
@@ -36,6 +37,14 @@ def _gather_uneven(x: Tensor, sizes: list[int], comm_device: torch.device) -> Te
 def _check_batch(batch: Mapping, image_key: str) -> None:
     if not isinstance(batch, Mapping):
         raise ValueError(f"extract_features expects batches that are dicts, got {type(batch).__name__}.")
+    bad = batch.get(BAD_KEY)
+    if bad:
+        # Training skips unreadable samples; an evaluation that did would score a different split.
+        raise ValueError(
+            f"the evaluation split has unreadable samples: {'; '.join(b.describe() for b in bad[:5])}"
+            + (f" (+{len(bad) - 5} more in this batch)" if len(bad) > 5 else "")
+            + ". Repair or remove them so every method is scored on the same images."
+        )
     missing = [k for k in (image_key, "label", "index") if k not in batch]
     if missing:
         raise ValueError(

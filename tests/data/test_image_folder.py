@@ -55,3 +55,22 @@ def test_missing_and_empty_root(tmp_path):
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(ValueError, match="no images"):
         ImageFolderDataset(root=str(tmp_path))
+
+
+def test_corrupt_truncated_and_empty_images_are_bad_samples_not_crashes(folder):
+    from hirl_like.data.bad_samples import BadSample
+    from hirl_like.data.loader import build_eval_loader
+
+    noisy = folder / "noisy.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(noisy)
+    (folder / "cat" / "corrupt.png").write_bytes(b"this is not a png")
+    (folder / "cat" / "empty.jpg").write_bytes(b"")
+    (folder / "cat" / "truncated.png").write_bytes(noisy.read_bytes()[: noisy.stat().st_size // 2])
+    ds = ImageFolderDataset(root=str(folder), transform=EvalTransform(size=8))
+    assert len(ds) == 6
+    results = [ds[i] for i in range(len(ds))]
+    bad = {r.path.rsplit("/", 1)[-1]: r.reason for r in results if isinstance(r, BadSample)}
+    assert bad == {"corrupt.png": "corrupt", "empty.jpg": "empty_file", "truncated.png": "truncated"}
+    # The loader drops them from the batch and lists them under "_bad".
+    batch = next(iter(build_eval_loader(ds, batch_size=6, num_workers=0)))
+    assert batch["image"].shape[0] == 3 and len(batch["_bad"]) == 3

@@ -85,3 +85,12 @@ def test_bad_batches_are_reported():
         extract_features(_forward, [], "cpu")
     with pytest.raises(ValueError, match="seen more than once"):
         extract_features(_forward, _loader(_dataset(3), [0, 1, 1], batch_size=2), "cpu")
+
+
+def test_unreadable_evaluation_samples_are_an_error_not_a_smaller_split():
+    from hirl_like.data.bad_samples import BadSample
+
+    batch = {"image": torch.zeros(1, 3), "label": torch.zeros(1), "index": torch.zeros(1),
+             "_bad": [BadSample(index=1, path="val/cat/1.jpg", reason="corrupt", detail="cannot identify image file")]}
+    with pytest.raises(ValueError, match=r"unreadable samples: val/cat/1.jpg \(corrupt"):
+        extract_features(_forward, [batch], "cpu")
