@@ -24,13 +24,15 @@ from omegaconf import DictConfig  # noqa: E402
 import hirl_like  # noqa: E402,F401
 from hirl_like.config import ConfigError, load_config  # noqa: E402
 from hirl_like.data.loader import build_eval_loader  # noqa: E402
-from hirl_like.engine.dist_setup import DistInfo, init_distributed  # noqa: E402
+from hirl_like.distributed import barrier  # noqa: E402
+from hirl_like.engine.dist_setup import DistInfo, cleanup_distributed, init_distributed  # noqa: E402
 from hirl_like.evaluation.checkpoint_loading import (  # noqa: E402
     extract_state_dict,
     load_backbone_strict,
     load_checkpoint_file,
 )
 from hirl_like.evaluation.features import extract_features  # noqa: E402
+from hirl_like.evaluation.report import write_json  # noqa: E402
 from hirl_like.registry import DATASETS, MODELS, RegistryError  # noqa: E402
 
 # Our full training checkpoint keeps the pipeline's state under "model"; the EMA teacher is the
@@ -164,11 +166,24 @@ def start(args: argparse.Namespace) -> tuple[DictConfig, DistInfo]:
     return cfg, init_distributed(device=args.device)
 
 
-def run_script(main) -> None:
-    """Clean one-line errors for bad input (config, paths, checkpoints); exit code 2."""
+def write_report(args: argparse.Namespace, name: str, payload: dict[str, Any]) -> Path:
+    """Write ``eval_<name>.json`` ({"metric": name, **payload}) and say where (call on rank 0)."""
+    path = output_path(args, name)
+    write_json(path, {"metric": name, **payload})
+    print(f"wrote {path}")
+    return path
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """Run an evaluation's ``main``; bad input (config, paths, checkpoints) ends with a one-line
+    error and exit code 2. On success every rank waits for rank 0's report before the process
+    group closes; the group is closed either way."""
     try:
         code = main()
+        barrier()
     except (ConfigError, RegistryError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    finally:
+        cleanup_distributed()
     sys.exit(code or 0)

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-from common import eval_parser, features_for_split, load_pretrained_backbone, num_classes_of, output_path, run_script, start
+from common import eval_parser, features_for_split, load_pretrained_backbone, num_classes_of, run_script, start, write_report
 
-from hirl_like.distributed import barrier
-from hirl_like.engine.dist_setup import cleanup_distributed
 from hirl_like.evaluation.clustering import cluster_metrics, kmeans
-from hirl_like.evaluation.report import format_table, write_json
+from hirl_like.evaluation.report import format_table
 
 
 def main() -> int:
@@ -33,36 +31,29 @@ def main() -> int:
     if args.restarts < 1 or args.iterations < 1:
         parser.error("--restarts and --iterations must be >= 1")
     cfg, dist = start(args)
-    try:
-        model, source = load_pretrained_backbone(cfg, args)
-        feats, labels, dataset = features_for_split(model, cfg, args.test_split, args, dist)
-        if dist.rank == 0:
-            num_classes = num_classes_of(dataset, labels)
-            k = args.num_clusters or num_classes
-            assignments = kmeans(feats, k, restarts=args.restarts, iterations=args.iterations, seed=args.seed)
-            scores = cluster_metrics(labels, assignments)
-            row = {"model": "pretrained", "split": args.test_split, "k": k, **scores}
-            title = f"k-means clustering ({cfg.data.name} {args.test_split}, {len(labels)} images, {args.restarts} restarts)"
-            print(format_table([row], ["model", "split", "k", "nmi", "ami", "ari", "acc"], title=title))
-            path = output_path(args, "clustering")
-            write_json(path, {
-                "metric": "clustering",
-                "checkpoint": source,
-                "dataset": str(cfg.data.name),
-                "split": args.test_split,
-                "size": len(labels),
-                "num_classes": num_classes,
-                "num_clusters": k,
-                "restarts": args.restarts,
-                "iterations": args.iterations,
-                "seed": args.seed,
-                "features": "L2-normalised CLS",
-                "results": scores,
-            })
-            print(f"wrote {path}")
-        barrier()
-    finally:
-        cleanup_distributed()
+    model, source = load_pretrained_backbone(cfg, args)
+    feats, labels, dataset = features_for_split(model, cfg, args.test_split, args, dist)
+    if dist.rank == 0:
+        num_classes = num_classes_of(dataset, labels)
+        k = args.num_clusters or num_classes
+        assignments = kmeans(feats, k, restarts=args.restarts, iterations=args.iterations, seed=args.seed)
+        scores = cluster_metrics(labels, assignments)
+        row = {"model": "pretrained", "split": args.test_split, "k": k, **scores}
+        title = f"k-means clustering ({cfg.data.name} {args.test_split}, {len(labels)} images, {args.restarts} restarts)"
+        print(format_table([row], ["model", "split", "k", "nmi", "ami", "ari", "acc"], title=title))
+        write_report(args, "clustering", {
+            "checkpoint": source,
+            "dataset": str(cfg.data.name),
+            "split": args.test_split,
+            "size": len(labels),
+            "num_classes": num_classes,
+            "num_clusters": k,
+            "restarts": args.restarts,
+            "iterations": args.iterations,
+            "seed": args.seed,
+            "features": "L2-normalised CLS",
+            "results": scores,
+        })
     return 0
 
 

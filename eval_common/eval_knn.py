@@ -10,12 +10,19 @@ at random initialisation as a reference row.
 
 from __future__ import annotations
 
-from common import eval_parser, features_for_split, load_pretrained_backbone, output_path, run_script, start, build_backbone
+from common import (
+    build_backbone,
+    eval_parser,
+    features_for_split,
+    load_pretrained_backbone,
+    num_classes_of,
+    run_script,
+    start,
+    write_report,
+)
 
-from hirl_like.distributed import barrier
-from hirl_like.engine.dist_setup import cleanup_distributed
 from hirl_like.evaluation.knn import knn_classify
-from hirl_like.evaluation.report import format_table, write_json
+from hirl_like.evaluation.report import format_table
 
 
 def main() -> int:
@@ -26,40 +33,32 @@ def main() -> int:
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",") if k]
     cfg, dist = start(args)
-    try:
-        model, source = load_pretrained_backbone(cfg, args)
-        models = [("pretrained", model)]
-        if args.compare_random_init:
-            models.append(("random init", build_backbone(cfg)))
-        rows, results = [], {}
-        for label, backbone in models:
-            train_x, train_y, train_set = features_for_split(backbone, cfg, args.train_split, args, dist)
-            test_x, test_y, _ = features_for_split(backbone, cfg, args.test_split, args, dist)
-            num_classes = len(getattr(train_set, "classnames", [])) or int(train_y.max()) + 1
-            scores = knn_classify(train_x, train_y, test_x, test_y, num_classes, ks=ks, temperature=args.temperature)
-            results[label] = {str(k): v for k, v in scores.items()}
-            for k, v in scores.items():
-                rows.append({"model": label, "k": k, "top1": v["top1"], "top5": v["top5"]})
-        if dist.rank == 0:
-            title = f"k-NN ({cfg.data.name}, {len(train_y)} train / {len(test_y)} test, T={args.temperature})"
-            print(format_table(rows, ["model", "k", "top1", "top5"], title=title))
-            path = output_path(args, "knn")
-            write_json(path, {
-                "metric": "knn",
-                "checkpoint": source,
-                "dataset": str(cfg.data.name),
-                "train_split": args.train_split,
-                "test_split": args.test_split,
-                "train_size": len(train_y),
-                "test_size": len(test_y),
-                "temperature": args.temperature,
-                "ks": ks,
-                "results": results,
-            })
-            print(f"wrote {path}")
-        barrier()
-    finally:
-        cleanup_distributed()
+    model, source = load_pretrained_backbone(cfg, args)
+    models = [("pretrained", model)]
+    if args.compare_random_init:
+        models.append(("random init", build_backbone(cfg)))
+    rows, results = [], {}
+    for label, backbone in models:
+        train_x, train_y, train_set = features_for_split(backbone, cfg, args.train_split, args, dist)
+        test_x, test_y, _ = features_for_split(backbone, cfg, args.test_split, args, dist)
+        scores = knn_classify(train_x, train_y, test_x, test_y, num_classes_of(train_set, train_y), ks=ks, temperature=args.temperature)
+        results[label] = {str(k): v for k, v in scores.items()}
+        for k, v in scores.items():
+            rows.append({"model": label, "k": k, "top1": v["top1"], "top5": v["top5"]})
+    if dist.rank == 0:
+        title = f"k-NN ({cfg.data.name}, {len(train_y)} train / {len(test_y)} test, T={args.temperature})"
+        print(format_table(rows, ["model", "k", "top1", "top5"], title=title))
+        write_report(args, "knn", {
+            "checkpoint": source,
+            "dataset": str(cfg.data.name),
+            "train_split": args.train_split,
+            "test_split": args.test_split,
+            "train_size": len(train_y),
+            "test_size": len(test_y),
+            "temperature": args.temperature,
+            "ks": ks,
+            "results": results,
+        })
     return 0
 
 

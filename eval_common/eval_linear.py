@@ -20,16 +20,14 @@ from common import (
     features_for_split,
     load_pretrained_backbone,
     num_classes_of,
-    output_path,
     run_script,
     start,
     token_features,
+    write_report,
 )
 
-from hirl_like.distributed import barrier
-from hirl_like.engine.dist_setup import cleanup_distributed
 from hirl_like.evaluation.linear_probe import linear_probe
-from hirl_like.evaluation.report import format_table, write_json
+from hirl_like.evaluation.report import format_table
 
 DEFAULT_LRS = inspect.signature(linear_probe).parameters["learning_rates"].default  # the library's grid
 
@@ -52,68 +50,61 @@ def main() -> int:
     if not lrs:
         parser.error("--lrs is empty")
     cfg, dist = start(args)
-    try:
-        model, source = load_pretrained_backbone(cfg, args)
-        forward = token_features(model, avgpool=args.avgpool)
-        train_x, train_y, train_set = features_for_split(model, cfg, args.train_split, args, dist, forward=forward)
-        test_x, test_y, _ = features_for_split(model, cfg, args.test_split, args, dist, forward=forward)
-        if dist.rank == 0:
-            num_classes = num_classes_of(train_set, train_y)
-            result = linear_probe(
-                train_x, train_y, test_x, test_y, num_classes,
-                learning_rates=lrs, epochs=args.epochs, batch_size=args.head_batch_size,
-                weight_decay=args.weight_decay, val_fraction=args.val_fraction, seed=args.seed,
-                device=dist.device, standardize=not args.no_standardize,
-            )
-            best = result["best_lr"]
-            rows = [
-                {
-                    "lr": f"{lr:g}",
-                    "val_top1": result["val_top1"].get(lr),
-                    "chosen": "*" if lr == best else "",
-                    "test_top1": result["test_top1"] if lr == best else None,
-                    "test_top5": result["test_top5"] if lr == best else None,
-                }
-                for lr in lrs
-            ]
-            pooling = "cls+avgpool" if args.avgpool else "cls"
-            title = (
-                f"linear probe ({cfg.data.name}, {pooling} {train_x.shape[1]}-d, {result['train_size']} fit / "
-                f"{result['val_size']} held-out train / {len(test_y)} test, {args.epochs} epochs)"
-            )
-            print(format_table(rows, ["lr", "val_top1", "chosen", "test_top1", "test_top5"], title=title))
-            path = output_path(args, "linear")
-            write_json(path, {
-                "metric": "linear",
-                "checkpoint": source,
-                "dataset": str(cfg.data.name),
-                "train_split": args.train_split,
-                "test_split": args.test_split,
-                "train_size": len(train_y),
-                "test_size": len(test_y),
-                "num_classes": num_classes,
-                "features": pooling,
-                "feature_dim": int(train_x.shape[1]),
-                "learning_rates": lrs,
-                "epochs": args.epochs,
-                "head_batch_size": args.head_batch_size,
-                "weight_decay": args.weight_decay,
-                "val_fraction": args.val_fraction,
-                "standardize": not args.no_standardize,
-                "seed": args.seed,
-                "results": {
-                    "best_lr": best,
-                    "test_top1": result["test_top1"],
-                    "test_top5": result["test_top5"],
-                    "val_top1": {str(lr): v for lr, v in result["val_top1"].items()},
-                    "fit_size": result["train_size"],
-                    "val_size": result["val_size"],
-                },
-            })
-            print(f"wrote {path}")
-        barrier()
-    finally:
-        cleanup_distributed()
+    model, source = load_pretrained_backbone(cfg, args)
+    forward = token_features(model, avgpool=args.avgpool)
+    train_x, train_y, train_set = features_for_split(model, cfg, args.train_split, args, dist, forward=forward)
+    test_x, test_y, _ = features_for_split(model, cfg, args.test_split, args, dist, forward=forward)
+    if dist.rank == 0:
+        num_classes = num_classes_of(train_set, train_y)
+        result = linear_probe(
+            train_x, train_y, test_x, test_y, num_classes,
+            learning_rates=lrs, epochs=args.epochs, batch_size=args.head_batch_size,
+            weight_decay=args.weight_decay, val_fraction=args.val_fraction, seed=args.seed,
+            device=dist.device, standardize=not args.no_standardize,
+        )
+        best = result["best_lr"]
+        rows = [
+            {
+                "lr": f"{lr:g}",
+                "val_top1": result["val_top1"].get(lr),
+                "chosen": "*" if lr == best else "",
+                "test_top1": result["test_top1"] if lr == best else None,
+                "test_top5": result["test_top5"] if lr == best else None,
+            }
+            for lr in lrs
+        ]
+        pooling = "cls+avgpool" if args.avgpool else "cls"
+        title = (
+            f"linear probe ({cfg.data.name}, {pooling} {train_x.shape[1]}-d, {result['train_size']} fit / "
+            f"{result['val_size']} held-out train / {len(test_y)} test, {args.epochs} epochs)"
+        )
+        print(format_table(rows, ["lr", "val_top1", "chosen", "test_top1", "test_top5"], title=title))
+        write_report(args, "linear", {
+            "checkpoint": source,
+            "dataset": str(cfg.data.name),
+            "train_split": args.train_split,
+            "test_split": args.test_split,
+            "train_size": len(train_y),
+            "test_size": len(test_y),
+            "num_classes": num_classes,
+            "features": pooling,
+            "feature_dim": int(train_x.shape[1]),
+            "learning_rates": lrs,
+            "epochs": args.epochs,
+            "head_batch_size": args.head_batch_size,
+            "weight_decay": args.weight_decay,
+            "val_fraction": args.val_fraction,
+            "standardize": not args.no_standardize,
+            "seed": args.seed,
+            "results": {
+                "best_lr": best,
+                "test_top1": result["test_top1"],
+                "test_top5": result["test_top5"],
+                "val_top1": {str(lr): v for lr, v in result["val_top1"].items()},
+                "fit_size": result["train_size"],
+                "val_size": result["val_size"],
+            },
+        })
     return 0
 
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from common import eval_parser, features_for_split, load_pretrained_backbone, output_path, run_script, start
+from common import eval_parser, features_for_split, load_pretrained_backbone, run_script, start, write_report
 from text_model import add_text_arguments, text_tower_from_args
 
-from hirl_like.distributed import barrier
-from hirl_like.engine.dist_setup import cleanup_distributed
-from hirl_like.evaluation.report import format_table, write_json
+from hirl_like.evaluation.report import format_table
 from hirl_like.evaluation.retrieval import class_retrieval_recall, retrieval_recall
 
 
@@ -67,48 +65,41 @@ def main() -> int:
     if args.text_batch_size < 1:
         parser.error("--text_batch_size must be >= 1")
     cfg, dist = start(args)
-    try:
-        model, source = load_pretrained_backbone(cfg, args)
-        tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
-        tower = tower.to(dist.device)
-        image_x, labels, dataset = features_for_split(
-            model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
-        )
-        if dist.rank == 0:
-            captions, text_to_image, caption_labels = split_captions(dataset, labels, args.captions_per_image)
-            text_x = encode_captions(tower, captions, args.text_batch_size)
-            if args.match == "class":
-                scores = class_retrieval_recall(image_x, labels, text_x, caption_labels, ks=ks)
-            else:
-                scores = retrieval_recall(image_x, text_x, text_to_image, ks=ks)
-            rows = [
-                {"direction": "image->text", **{f"R@{k}": scores[f"i2t_r{k}"] for k in ks}},
-                {"direction": "text->image", **{f"R@{k}": scores[f"t2i_r{k}"] for k in ks}},
-            ]
-            title = (f"{args.match}-level retrieval ({cfg.data.name} {args.test_split}, {len(labels)} images, {len(captions)} captions, "
-                     f"{len(set(captions))} distinct)")
-            print(format_table(rows, ["direction", *[f"R@{k}" for k in ks]], title=title))
-            path = output_path(args, "retrieval")
-            write_json(path, {
-                "metric": "retrieval",
-                "checkpoint": source,
-                "text_checkpoint": text_source,
-                "dataset": str(cfg.data.name),
-                "test_split": args.test_split,
-                "num_images": len(labels),
-                "num_captions": len(captions),
-                "distinct_captions": len(set(captions)),
-                "captions_per_image": args.captions_per_image,
-                "match": args.match,
-                "caption_noise": float(getattr(dataset, "caption_noise", 0.0)),
-                "templates": list(dataset.captioner.templates),
-                "ks": ks,
-                "results": scores,
-            })
-            print(f"wrote {path}")
-        barrier()
-    finally:
-        cleanup_distributed()
+    model, source = load_pretrained_backbone(cfg, args)
+    tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
+    tower = tower.to(dist.device)
+    image_x, labels, dataset = features_for_split(
+        model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
+    )
+    if dist.rank == 0:
+        captions, text_to_image, caption_labels = split_captions(dataset, labels, args.captions_per_image)
+        text_x = encode_captions(tower, captions, args.text_batch_size)
+        if args.match == "class":
+            scores = class_retrieval_recall(image_x, labels, text_x, caption_labels, ks=ks)
+        else:
+            scores = retrieval_recall(image_x, text_x, text_to_image, ks=ks)
+        rows = [
+            {"direction": "image->text", **{f"R@{k}": scores[f"i2t_r{k}"] for k in ks}},
+            {"direction": "text->image", **{f"R@{k}": scores[f"t2i_r{k}"] for k in ks}},
+        ]
+        title = (f"{args.match}-level retrieval ({cfg.data.name} {args.test_split}, {len(labels)} images, {len(captions)} captions, "
+                 f"{len(set(captions))} distinct)")
+        print(format_table(rows, ["direction", *[f"R@{k}" for k in ks]], title=title))
+        write_report(args, "retrieval", {
+            "checkpoint": source,
+            "text_checkpoint": text_source,
+            "dataset": str(cfg.data.name),
+            "test_split": args.test_split,
+            "num_images": len(labels),
+            "num_captions": len(captions),
+            "distinct_captions": len(set(captions)),
+            "captions_per_image": args.captions_per_image,
+            "match": args.match,
+            "caption_noise": float(getattr(dataset, "caption_noise", 0.0)),
+            "templates": list(dataset.captioner.templates),
+            "ks": ks,
+            "results": scores,
+        })
     return 0
 
 

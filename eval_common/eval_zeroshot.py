@@ -17,12 +17,10 @@ from __future__ import annotations
 import re
 import sys
 
-from common import build_eval_dataset, eval_parser, features_for_split, load_pretrained_backbone, output_path, run_script, start
+from common import build_eval_dataset, eval_parser, features_for_split, load_pretrained_backbone, run_script, start, write_report
 from text_model import add_text_arguments, text_tower_from_args
 
-from hirl_like.distributed import barrier
-from hirl_like.engine.dist_setup import cleanup_distributed
-from hirl_like.evaluation.report import format_table, write_json
+from hirl_like.evaluation.report import format_table
 from hirl_like.evaluation.zeroshot import build_zeroshot_classifier, zeroshot_classify
 
 IMAGENET_CLASSES = 1000
@@ -59,44 +57,37 @@ def main() -> int:
                         help="open_clip's OpenAI ImageNet templates and class names (1000-class datasets)")
     args = parser.parse_args()
     cfg, dist = start(args)
-    try:
-        model, source = load_pretrained_backbone(cfg, args)
-        tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
-        tower = tower.to(dist.device)
-        # Prompts first: a class-name problem should stop the run before the image pass.
-        classnames, templates, template_source = class_prompts(
-            build_eval_dataset(cfg, args.test_split), args.imagenet_templates, warn=dist.rank == 0
+    model, source = load_pretrained_backbone(cfg, args)
+    tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
+    tower = tower.to(dist.device)
+    # Prompts first: a class-name problem should stop the run before the image pass.
+    classnames, templates, template_source = class_prompts(
+        build_eval_dataset(cfg, args.test_split), args.imagenet_templates, warn=dist.rank == 0
+    )
+    feats, labels, _ = features_for_split(
+        model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
+    )
+    if dist.rank == 0:
+        classifier = build_zeroshot_classifier(
+            tower.encode_text, tower.tokenizer, classnames, templates, batch_size=args.text_batch_size
         )
-        feats, labels, _ = features_for_split(
-            model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
-        )
-        if dist.rank == 0:
-            classifier = build_zeroshot_classifier(
-                tower.encode_text, tower.tokenizer, classnames, templates, batch_size=args.text_batch_size
-            )
-            scores = zeroshot_classify(feats, labels, classifier)
-            title = (f"zero-shot ({cfg.data.name} {args.test_split}, {len(labels)} images, {len(classnames)} classes, "
-                     f"{len(templates)} templates)")
-            print(format_table([{"model": "pretrained", **scores}], ["model", "top1", "top5"], title=title))
-            path = output_path(args, "zeroshot")
-            write_json(path, {
-                "metric": "zeroshot",
-                "checkpoint": source,
-                "text_checkpoint": text_source,
-                "dataset": str(cfg.data.name),
-                "test_split": args.test_split,
-                "test_size": len(labels),
-                "num_classes": len(classnames),
-                "classnames": classnames,
-                "templates_source": template_source,
-                "templates": [t("{}") if callable(t) else t for t in templates],
-                "logit_scale": tower.logit_scale,
-                "results": scores,
-            })
-            print(f"wrote {path}")
-        barrier()
-    finally:
-        cleanup_distributed()
+        scores = zeroshot_classify(feats, labels, classifier)
+        title = (f"zero-shot ({cfg.data.name} {args.test_split}, {len(labels)} images, {len(classnames)} classes, "
+                 f"{len(templates)} templates)")
+        print(format_table([{"model": "pretrained", **scores}], ["model", "top1", "top5"], title=title))
+        write_report(args, "zeroshot", {
+            "checkpoint": source,
+            "text_checkpoint": text_source,
+            "dataset": str(cfg.data.name),
+            "test_split": args.test_split,
+            "test_size": len(labels),
+            "num_classes": len(classnames),
+            "classnames": classnames,
+            "templates_source": template_source,
+            "templates": [t("{}") if callable(t) else t for t in templates],
+            "logit_scale": tower.logit_scale,
+            "results": scores,
+        })
     return 0
 
 

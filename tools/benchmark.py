@@ -48,10 +48,10 @@ def _reset_peak_rss() -> None:
 
 def measure(config: str, overrides: list[str], batch_size: int, steps: int, warmup: int, data_batches: int) -> dict:
     import torch
-    from torch.utils.data import default_collate
 
     import hirl_like  # noqa: F401
     from hirl_like.config import load_config
+    from hirl_like.data.bad_samples import BAD_KEY
     from hirl_like.data.loader import build_train_loader
     from hirl_like.engine.trainer import build_dataset, move_to
     from hirl_like.engine.optim import build_optimizer
@@ -66,7 +66,9 @@ def measure(config: str, overrides: list[str], batch_size: int, steps: int, warm
     pipeline = PIPELINES.build(cfg.pipeline).to(device).train()
     needs_text = getattr(pipeline.backbones, "student_text", None) is not None
     dataset = build_dataset(cfg, needs_text)
-    batch = default_collate([dataset[i % len(dataset)] for i in range(batch_size)])
+    # The first batch of the training loader: works for map-style and streaming (WebDataset) data.
+    batch = next(iter(build_train_loader(dataset, batch_size=batch_size, num_workers=0, seed=0, epoch=0)))
+    batch.pop(BAD_KEY, None)
     batch = move_to(batch, device)
     optimizer, schedule = build_optimizer(cfg.optimizer, pipeline, batch_size, 100, 10_000, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.precision))

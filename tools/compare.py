@@ -49,6 +49,10 @@ class MethodResult:
     train_time_s: float | None = None
     figures: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    random_init_knn: float | None = None  # eval_knn --compare_random_init: the same ViT untrained
+
+
+KNN_COLUMN = COLUMNS[0][1]
 
 
 def last_error_line(text: str) -> str:
@@ -113,10 +117,24 @@ def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
         report = out / f"eval_{name}.json"
         if name in cfg.evaluations and report.is_file():
             result.figures[column] = float(read(json.loads(report.read_text())))
+    knn = out / "eval_knn.json"
+    if knn.is_file():
+        untrained = json.loads(knn.read_text())["results"].get("random init")
+        result.random_init_knn = float(untrained["20"]["top1"]) if untrained else None
+
+
+def random_init_row(results: list[MethodResult]) -> MethodResult | None:
+    """A reference row: k-NN of the first method's ViT at random initialisation, if measured."""
+    for r in results:
+        if r.random_init_knn is not None:
+            return MethodResult(f"random init ({r.label}'s ViT)", status="reference, not trained",
+                                figures={KNN_COLUMN: r.random_init_knn})
+    return None
 
 
 def write_reports(results: list[MethodResult], columns: list[str], folder: Path, title: str) -> None:
-    best = {c: max((r.figures[c] for r in results if c in r.figures), default=None) for c in columns}
+    trained = [r for r in results if not r.status.startswith("reference")]
+    best = {c: max((r.figures[c] for r in trained if c in r.figures), default=None) for c in columns}
     header = ["method", *columns, "train time (s)", "status"]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
@@ -126,11 +144,13 @@ def write_reports(results: list[MethodResult], columns: list[str], folder: Path,
                 cells.append("—")
             else:
                 text = f"{r.figures[c]:.2f}"
-                cells.append(f"**{text}**" if best[c] is not None and r.figures[c] == best[c] else text)
+                is_best = r in trained and best[c] is not None and r.figures[c] == best[c]
+                cells.append(f"**{text}**" if is_best else text)
         cells.append(f"{r.train_time_s:.0f}" if r.train_time_s is not None else "—")
         cells.append(r.status + ("; " + "; ".join(r.notes) if r.notes else ""))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Best value per column in bold. '—': not run (no text tower for zero-shot/retrieval) or failed."]
+    lines += ["", "Best value per column in bold (reference rows excluded). '—': not run (no text tower for "
+              "zero-shot/retrieval) or failed."]
     (folder / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with open(folder / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -192,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluate_method(cfg, result, out)
         print(f"[compare] {method['label']}: {result.status} {json.dumps(result.figures)}", flush=True)
         results.append(result)
+    reference = random_init_row(results)
+    if reference is not None:
+        results.append(reference)
     columns = [c for name, c, _ in COLUMNS if name in cfg.evaluations and any(c in r.figures for r in results)]
     write_reports(results, columns, folder, f"Comparison: {Path(args.config).stem}")
     print((folder / "results.md").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,16 @@ def test_trainer_runs_an_epoch_of_shards_and_logs_bad_samples(shard_dir, tmp_pat
     assert record["bad_samples"] == len(BAD) and record["bad_by_reason"] == {r: 1 for r in BAD.values()}
     assert os.path.exists(tmp_path / "run" / "checkpoint.pth")
 
+
+
+def test_benchmark_takes_its_batch_from_a_streaming_dataset(shard_dir):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from benchmark import measure
+
+    result = measure(
+        str(ROOT / "configs/quickstart/clip_vit_tiny_digits.yaml"),
+        ["num_workers=0", "pipeline.vision.depth=1", "pipeline.text.layers=1",
+         "data.name=WebDatasetShards", f"data.urls={pattern(shard_dir)}", "data.max_bad_fraction=0.2"],
+        batch_size=4, steps=1, warmup=1, data_batches=1,
+    )
+    assert result["step_time_median_s"] > 0 and result["loader_images_per_s"] > 0

@@ -45,14 +45,15 @@ def test_tiny_comparison_writes_tables_marks_failures_and_resumes(tmp_path):
         "  - {label: CLIP, config: configs/quickstart/clip_vit_tiny_digits.yaml}\n"
         "  - {label: MAE, config: configs/quickstart/mae_vit_tiny_digits.yaml}\n"
         "  - {label: Broken, config: configs/quickstart/clip_vit_tiny_digits.yaml, overrides: [pipeline.vision.depthh=2]}\n"
-        "evaluations: {knn: [], linear: [--epochs, '2'], zeroshot: []}\n"
+        "evaluations: {knn: [--compare_random_init], linear: [--epochs, '2'], zeroshot: []}\n"
     )
     out = tmp_path / "out"
     proc = _compare(spec, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "results.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
-    assert set(rows) == {"method", "CLIP", "MAE", "Broken"}
+    assert set(rows) == {"method", "CLIP", "MAE", "Broken", "random init (CLIP's ViT)"}
+    assert "**" not in rows["random init (CLIP's ViT)"]  # a reference, never the best
     assert "failed in training" in rows["Broken"] and "depthh" in rows["Broken"]
     assert "k-NN top-1 (k=20)" in rows["method"] and "zero-shot top-1" in rows["method"]
     assert "**" in table  # the best value of each column is marked

@@ -6,15 +6,14 @@ import torch
 
 from hirl_like.losses.dino import DINOLoss
 from hirl_like.models.heads import DINOHead
-from hirl_like.pipelines.backbones import Backbones, make_teacher
-from hirl_like.pipelines.objective import Objective
+from hirl_like.pipelines.backbones import Backbones
+from hirl_like.pipelines.objective import HeadDistillationObjective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
-from hirl_like.schedules import Progress, linear
 
 
 @OBJECTIVES.register("dino")
-class DINOObjective(Objective):
+class DINOObjective(HeadDistillationObjective):
     """Student: the unmasked global crops + the local crops, CLS tokens through a DINO head.
     Teacher (EMA ViT + EMA head): the global crops, a forward shared with iBOT / CLIP's soft image
     targets (``step.teacher_global_tokens()``). Loss: for each teacher view q and student view v != q,
@@ -61,25 +60,13 @@ class DINOObjective(Objective):
             )
         backbones.require_vision_teacher()
         dim = backbones.student_vision.embed_dim
-        self.head = DINOHead(
+        head = DINOHead(
             dim, out_dim, head_hidden_dim, head_bottleneck_dim, head_nlayers, use_bn=use_bn_in_head,
             norm_last_layer=norm_last_layer,
         )
-        self.teacher_head = make_teacher(self.head)
+        self.setup_distillation(head, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, freeze_last_layer)
         # The crop counts are set from the batch in forward (they cannot drift from the transform).
         self.loss = DINOLoss(out_dim, 2, 0, student_temp, center_momentum)
-        self.temps = (warmup_teacher_temp, teacher_temp)
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.freeze_last_layer = freeze_last_layer
-        self.teacher_temp = warmup_teacher_temp
-
-    def ema_pairs(self):
-        return [(self.head, self.teacher_head)]
-
-    def update_schedules(self, progress: Progress) -> dict[str, float]:
-        warm = self.warmup_teacher_temp_epochs * progress.iters_per_epoch
-        self.teacher_temp = linear(*self.temps, progress.iteration, warm)
-        return {"teacher_temp": self.teacher_temp}
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         crops, local = step.global_crops, step.local_crops
@@ -95,8 +82,3 @@ class DINOObjective(Objective):
             teacher_out = self.teacher_head(step.teacher_global_tokens()[:, 0])
         self.loss.global_crops, self.loss.local_crops = len(crops), len(local)
         return self.loss(student_out, teacher_out, self.teacher_temp)
-
-    def before_optimizer_step(self, progress: Progress) -> None:
-        if progress.epoch < self.freeze_last_layer:  # DINO's cancel_gradients_last_layer
-            for p in self.head.last_layer.parameters():
-                p.grad = None

@@ -28,11 +28,10 @@ from timm.models.vision_transformer import Block
 from hirl_like.data.masking import random_masking
 from hirl_like.losses.distill_ce import ema_update_center_, masked_mean_ce
 from hirl_like.models.heads import DINOHead
-from hirl_like.pipelines.backbones import Backbones, make_teacher
-from hirl_like.pipelines.objective import Objective
+from hirl_like.pipelines.backbones import Backbones
+from hirl_like.pipelines.objective import HeadDistillationObjective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
-from hirl_like.schedules import Progress, linear
 
 
 def _init_vit_style(module: nn.Module) -> None:
@@ -96,7 +95,7 @@ class MaskedTokenDecoder(nn.Module):
 
 
 @OBJECTIVES.register("masked_distill")
-class MaskedDistillObjective(Objective):
+class MaskedDistillObjective(HeadDistillationObjective):
     """MaskCLIP's masked self-distillation (the Harmony authors' reproduction; see module docstring).
 
     ``L = mean_b mean_{n in masked(b)} H(softmax((h_t(T(x)_n) - c) / T_t), log_softmax(h_s(Dec(S(x_vis))_n) / T_s))``
@@ -154,23 +153,11 @@ class MaskedDistillObjective(Objective):
         heads = decoder_heads if decoder_heads is not None else vit.blocks[0].attn.num_heads
         self.mask_ratio = mask_ratio
         self.decoder = MaskedTokenDecoder(dim, decoder_depth, heads)
-        self.head = DINOHead(dim, out_dim, head_hidden_dim, head_bottleneck_dim, head_nlayers, norm_last_layer=norm_last_layer)
-        self.teacher_head = make_teacher(self.head)
+        head = DINOHead(dim, out_dim, head_hidden_dim, head_bottleneck_dim, head_nlayers, norm_last_layer=norm_last_layer)
+        self.setup_distillation(head, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, freeze_last_layer)
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.student_temp = student_temp
         self.center_momentum = center_momentum
-        self.temps = (warmup_teacher_temp, teacher_temp)
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.freeze_last_layer = freeze_last_layer
-        self.teacher_temp = warmup_teacher_temp
-
-    def ema_pairs(self):
-        return [(self.head, self.teacher_head)]
-
-    def update_schedules(self, progress: Progress) -> dict[str, float]:
-        warm = self.warmup_teacher_temp_epochs * progress.iters_per_epoch
-        self.teacher_temp = linear(*self.temps, progress.iteration, warm)
-        return {"teacher_temp": self.teacher_temp}
 
     def draw_mask(self, step: StepCache) -> tuple[Tensor, Tensor, Tensor]:
         """(ids_keep (B, K), mask (B, N) bool True = removed, ids_restore (B, N)) from the step's generator."""
@@ -196,8 +183,3 @@ class MaskedDistillObjective(Objective):
         loss = masked_mean_ce(student, teacher, self.center, scored, self.student_temp, self.teacher_temp)
         ema_update_center_(self.center, teacher, self.center_momentum)
         return {"loss": loss, "mask_ratio": mask.float().mean().detach()}
-
-    def before_optimizer_step(self, progress: Progress) -> None:
-        if progress.epoch < self.freeze_last_layer:  # iBOT's cancel_gradients_last_layer
-            for p in self.head.last_layer.parameters():
-                p.grad = None

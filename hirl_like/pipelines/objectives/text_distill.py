@@ -6,15 +6,14 @@ import torch
 
 from hirl_like.losses.text_distill import TextDistillLoss
 from hirl_like.models.heads import DINOHead
-from hirl_like.pipelines.backbones import Backbones, make_teacher
-from hirl_like.pipelines.objective import Objective
+from hirl_like.pipelines.backbones import Backbones
+from hirl_like.pipelines.objective import HeadDistillationObjective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
-from hirl_like.schedules import Progress, linear
 
 
 @OBJECTIVES.register("text_distill")
-class TextDistillObjective(Objective):
+class TextDistillObjective(HeadDistillationObjective):
     """The EMA text teacher reads the unmasked caption (its forward is shared with CLIP's soft
     text targets), the student the masked caption (the MLM forward, shared); both go through an
     MLP head (512 -> 1024 -> 256 -> weight-normed K/4); centred and sharpened CE per masked token.
@@ -44,21 +43,10 @@ class TextDistillObjective(Objective):
         super().__init__(backbones)
         backbones.require_text_teacher()
         width = backbones.student_text.width
-        self.head = DINOHead(width, out_dim, head_hidden_dim, head_bottleneck_dim, head_nlayers)
-        self.teacher_head = make_teacher(self.head)
+        head = DINOHead(width, out_dim, head_hidden_dim, head_bottleneck_dim, head_nlayers)
+        self.setup_distillation(head, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
         self.loss = TextDistillLoss(out_dim, student_temp, center_momentum)
         self.mask_prob = mask_prob
-        self.temps = (warmup_teacher_temp, teacher_temp)
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.teacher_temp = warmup_teacher_temp
-
-    def ema_pairs(self):
-        return [(self.head, self.teacher_head)]
-
-    def update_schedules(self, progress: Progress) -> dict[str, float]:
-        warm = self.warmup_teacher_temp_epochs * progress.iters_per_epoch
-        self.teacher_temp = linear(*self.temps, progress.iteration, warm)
-        return {"teacher_temp": self.teacher_temp}
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         _, mask = step.masked_text(self.mask_prob)
