@@ -106,13 +106,19 @@ def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
         if name in TEXT_EVALUATIONS and not has_text:
             continue
         report = out / f"eval_{name}.json"
-        if report.is_file() and report.stat().st_mtime >= checkpoint.stat().st_mtime:
-            continue
         cmd = ["launch.py", "--launch", f"eval_common/eval_{name}.py", *cfg.launcher,
                "--pretrained", str(checkpoint), *extra, *cfg.eval_overrides]
+        # reused only if made by this exact command from this checkpoint: changed flags re-run it
+        marker = out / f"eval_{name}.done.json"
+        key = fingerprint([*cmd, str(checkpoint.stat().st_mtime_ns)])
+        if report.is_file() and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == key:
+            continue
+        report.unlink(missing_ok=True)  # a failed re-run must not leave the old figures in the table
         proc = run(cmd, out / "compare.log")
         if proc.returncode != 0:
             result.notes.append(f"{name} failed: {last_error_line(proc.stderr + proc.stdout)}")
+        else:
+            marker.write_text(json.dumps({"fingerprint": key, "command": cmd}))
     for name, column, read in COLUMNS:
         report = out / f"eval_{name}.json"
         if name in cfg.evaluations and report.is_file():
@@ -161,7 +167,8 @@ def write_reports(results: list[MethodResult], columns: list[str], folder: Path,
 
 
 def plot(results: list[MethodResult], columns: list[str], path: Path, title: str) -> None:
-    """Grouped bars: one group per evaluation, one bar per method, values written on the bars."""
+    """Small multiples: one panel per evaluation, methods as horizontal bars in table order, the
+    value written beside each bar, the best trained method's bar highlighted, reference rows grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,22 +177,31 @@ def plot(results: list[MethodResult], columns: list[str], path: Path, title: str
     shown = [r for r in results if r.figures]
     if not shown or not columns:
         return
-    width = 0.8 / len(shown)
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(columns) * max(1, len(shown) / 3)), 4.8))
-    for i, r in enumerate(shown):
-        xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(columns))]
-        values = [r.figures.get(c, 0.0) for c in columns]
-        bars = ax.bar(xs, values, width, label=r.label)
-        for bar, c in zip(bars, columns):
-            if c in r.figures:
-                ax.annotate(f"{r.figures[c]:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(columns)), columns, rotation=15)
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
-    ax.set_title(title)
-    ax.legend(ncol=min(len(shown), 4), fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    ncols = min(4, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 1.6, (0.32 * len(shown) + 1.0) * nrows),
+                             squeeze=False, sharey=True)
+    ys = list(range(len(shown)))
+    for ax, column in zip(axes.flat, columns):
+        values = [r.figures.get(column) for r in shown]
+        trained = [v for r, v in zip(shown, values) if v is not None and not r.status.startswith("reference")]
+        best = max(trained, default=None)
+        colors = ["0.75" if r.status.startswith("reference") else ("tab:orange" if v == best else "tab:blue")
+                  for r, v in zip(shown, values)]
+        ax.barh(ys, [v or 0.0 for v in values], color=colors)
+        for y, v in zip(ys, values):
+            ax.annotate("—" if v is None else f"{v:.1f}", (v or 0.0, y), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=8)
+        ax.set_title(column, fontsize=9)
+        ax.set_xlim(0, 112)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.flat[len(columns):]:
+        ax.axis("off")
+    axes[0, 0].set_yticks(ys, [r.label for r in shown])
+    for ax in axes[:, 0]:
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0, 0].invert_yaxis()  # table order, top to bottom
+    fig.suptitle(f"{title} (%; best trained method in orange)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -124,22 +124,29 @@ def masked_mean_ce(
     then the mean over items (items with nothing masked contribute 0 but still count).
 
     Args:
-        student_logits, teacher_logits: (M, N, K) per-token head outputs (M images or captions).
+        student_logits: (M, N, K) per-token head outputs of M images or captions, or only the
+            scored rows ``full[mask]`` as (#masked, K) in row-major mask order: a head applied to
+            the masked tokens alone gives the same loss without its work on unscored tokens.
+        teacher_logits: (M, N, K) per-token teacher outputs.
         center: broadcastable to (1, K) after selection, e.g. (1, 1, K).
         mask: (M, N) bool, True where the token is masked (the only positions that are scored).
 
     Only the masked rows go through softmax / log_softmax: at iBOT's ratios that skips most of the
     (M*N, K) work and memory (the boolean selection costs one host sync).
     """
-    if mask.shape != student_logits.shape[:-1] or teacher_logits.shape != student_logits.shape:
+    mask = mask.bool()
+    selected = student_logits.dim() == 2
+    if mask.shape != teacher_logits.shape[:-1] or (not selected and teacher_logits.shape != student_logits.shape):
         raise ValueError(
             f"shape mismatch: student {tuple(student_logits.shape)}, teacher {tuple(teacher_logits.shape)}, "
-            f"mask {tuple(mask.shape)}; expected (M, N, K), (M, N, K), (M, N)."
+            f"mask {tuple(mask.shape)}; expected (M, N, K) or (#masked, K), (M, N, K), (M, N)."
         )
-    mask = mask.bool()
-    k = student_logits.shape[-1]
+    k = teacher_logits.shape[-1]
+    student_rows = student_logits if selected else student_logits[mask]
+    if student_rows.shape != (int(mask.sum()), k):
+        raise ValueError(f"{student_rows.shape[0]} selected student rows for {int(mask.sum())} masked tokens.")
     per_token = centered_sharpened_ce(
-        student_logits[mask], teacher_logits[mask], center.reshape(1, k), student_temp, teacher_temp
+        student_rows, teacher_logits[mask], center.reshape(1, k), student_temp, teacher_temp
     )  # (#masked,)
     per_item_weight = 1.0 / mask.sum(dim=-1, keepdim=True).clamp(min=1).float()  # (M, 1)
     weights = per_item_weight.expand_as(mask)[mask]

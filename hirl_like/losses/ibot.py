@@ -94,7 +94,9 @@ class IBOTLoss(nn.Module):
         """
         Args:
             student_cls: ((G+L)*B, K) head logits, view-major; views 0..G-1 are the global crops.
-            student_patch: (G*B, N, K2) patch logits of the (masked) global crops.
+            student_patch: (G*B, N, K2) patch logits of the (masked) global crops, or only those
+                at the masked patches, ``full[student_masks]`` as (#masked, K2) (same loss, and the
+                student head need not run on patches that are never scored).
             teacher_cls: (G*B, K), teacher_patch: (G*B, N, K2): raw teacher outputs (no grad).
             student_masks: (G*B, N) bool, True = masked patch.
             teacher_temp / teacher_temp2: teacher temperatures for cls / patch targets.
@@ -103,10 +105,11 @@ class IBOTLoss(nn.Module):
         """
         g, n_views = self.global_crops, self.global_crops + self.local_crops
         check_views(student_cls, teacher_cls, g, n_views, self.out_dim)
-        if student_patch.shape[0] != teacher_cls.shape[0] or student_patch.shape[-1] != self.patch_out_dim:
+        rows_ok = student_patch.dim() == 2 or student_patch.shape[0] == teacher_cls.shape[0]
+        if not rows_ok or student_patch.shape[-1] != self.patch_out_dim:
             raise ValueError(
                 f"student_patch has shape {tuple(student_patch.shape)}; expected (G*B={teacher_cls.shape[0]}, "
-                f"N, patch_out_dim={self.patch_out_dim})."
+                f"N, patch_out_dim={self.patch_out_dim}) or the masked rows (#masked, patch_out_dim)."
             )
         if n_views >= 2:
             cls = cross_view_ce(student_cls, teacher_cls, self.center, g, self.student_temp, teacher_temp)

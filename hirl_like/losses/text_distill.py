@@ -47,7 +47,9 @@ class TextDistillLoss(nn.Module):
     ) -> dict[str, Tensor]:
         """
         Args:
-            student_out, teacher_out: (B, L, K) head outputs (teacher raw, no grad).
+            student_out: (B, L, K) student head outputs, or only the scored rows
+                ``full[mask & valid]`` as (#scored, K) (a head run on the masked tokens alone).
+            teacher_out: (B, L, K) raw teacher head outputs (no grad).
             mask: (B, L) bool, True at masked positions. valid: (B, L) bool, True at real tokens.
             teacher_temp: T_t.
         Returns: {"loss"}.

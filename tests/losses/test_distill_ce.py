@@ -70,6 +70,21 @@ def test_masked_mean_ce_per_item_normalisation():
     torch.testing.assert_close(torch.autograd.grad(out, s)[0], torch.autograd.grad(ref, s)[0], rtol=1e-4, atol=1e-6)
 
 
+def test_masked_mean_ce_on_preselected_student_rows_equals_the_full_tensor():
+    """Objectives run the student head on masked tokens only and pass (#masked, K) rows."""
+    gen = torch.Generator().manual_seed(3)
+    s = torch.randn(3, 4, 5, generator=gen, requires_grad=True)
+    t = torch.randn(3, 4, 5, generator=gen)
+    c = torch.randn(1, 1, 5, generator=gen)
+    mask = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
+    full = masked_mean_ce(s, t, c, mask, 0.1, 0.07)
+    rows = masked_mean_ce(s[mask], t, c, mask, 0.1, 0.07)
+    torch.testing.assert_close(rows, full)
+    torch.testing.assert_close(torch.autograd.grad(rows, s)[0], torch.autograd.grad(full, s)[0])
+    with pytest.raises(ValueError, match="selected student rows"):
+        masked_mean_ce(s[mask][:-1], t, c, mask, 0.1, 0.07)
+
+
 def test_masked_mean_ce_with_nothing_masked_is_zero_and_differentiable():
     s = torch.randn(2, 3, 4, requires_grad=True)
     out = masked_mean_ce(s, torch.randn(2, 3, 4), torch.zeros(1, 1, 4), torch.zeros(2, 3, dtype=torch.bool), 0.1, 0.04)

@@ -70,3 +70,11 @@ def test_tiny_comparison_writes_tables_marks_failures_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "CLIP" / "eval_knn.json").stat().st_mtime == first_knn  # reused, not recomputed
     assert "training reused" in (out / "results.md").read_text()
+
+    # a changed evaluation flag re-runs that evaluation (and only it); the old figures are not reused
+    spec.write_text(spec.read_text().replace("linear: [--epochs, '2']", "linear: [--epochs, '3']"))
+    first_linear = json.loads((out / "CLIP" / "eval_linear.json").read_text())
+    third = _compare(spec, out)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (out / "CLIP" / "eval_knn.json").stat().st_mtime == first_knn
+    assert json.loads((out / "CLIP" / "eval_linear.json").read_text()) != first_linear

@@ -94,11 +94,14 @@ class IBOTObjective(Objective):
         self.teacher_patch_temp = linear(patch_start, patch_end, progress.iteration, warm)
         return {"teacher_temp": self.teacher_temp, "teacher_patch_temp": self.teacher_patch_temp}
 
-    def _student_heads(self, tokens: torch.Tensor, head, patch_head) -> tuple[torch.Tensor, torch.Tensor]:
-        if patch_head is None:  # shared head: one call over CLS and patch tokens
-            out = head(tokens)
-            return out[:, 0], out[:, 1:]
-        return head(tokens[:, 0]), patch_head(tokens[:, 1:])
+    @staticmethod
+    def _heads(cls: torch.Tensor, patches: torch.Tensor, head, patch_head) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head outputs of CLS rows (R, D) and patch rows (..., D); one call when the head is shared."""
+        if patch_head is not None:
+            return head(cls), patch_head(patches)
+        flat = patches.reshape(-1, patches.shape[-1])
+        out = head(torch.cat([cls, flat]))
+        return out[: cls.shape[0]], out[cls.shape[0]:].reshape(*patches.shape[:-1], -1)
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         crops = step.global_crops
@@ -107,14 +110,17 @@ class IBOTObjective(Objective):
             len(crops) * step.batch_size, vit.grid_size, self.pred_ratio, self.pred_ratio_var, step.rng, self.min_aspect
         ).to(crops[0].device)
         student_tokens = vit.forward_tokens(torch.cat(crops), mask=masks)
-        student_cls, student_patch = self._student_heads(student_tokens, self.head, self.patch_head)
+        # Only masked patches are scored, so the student head runs on those alone: (#masked, K2).
+        # The teacher head needs every patch (the patch centre averages all of them).
+        student_cls, student_patch = self._heads(student_tokens[:, 0], student_tokens[:, 1:][masks], self.head, self.patch_head)
         local = step.local_crops
         if local:
             local_cls = vit.forward_tokens(torch.cat(local))[:, 0]
             student_cls = torch.cat([student_cls, self.head(local_cls)])
         with torch.no_grad():
-            teacher_cls, teacher_patch = self._student_heads(
-                step.teacher_global_tokens(), self.teacher_head, self.teacher_patch_head
+            teacher_tokens = step.teacher_global_tokens()
+            teacher_cls, teacher_patch = self._heads(
+                teacher_tokens[:, 0], teacher_tokens[:, 1:], self.teacher_head, self.teacher_patch_head
             )
         # The view counts come from the batch, so they cannot drift from the transform config.
         self.loss.global_crops, self.loss.local_crops = len(crops), len(local)

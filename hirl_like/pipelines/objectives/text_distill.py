@@ -49,8 +49,9 @@ class TextDistillObjective(HeadDistillationObjective):
         self.mask_prob = mask_prob
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
-        _, mask = step.masked_text(self.mask_prob)
-        student = self.head(step.student_masked_text_tokens(self.mask_prob))
+        _, mask = step.masked_text(self.mask_prob)  # real tokens only, so mask & valid == mask
+        # the student head runs only where the loss scores: (#masked, K)
+        student = self.head(step.student_masked_text_tokens(self.mask_prob)[mask])
         with torch.no_grad():
             teacher = self.teacher_head(step.teacher_text_tokens(causal=False))
         return self.loss(student, teacher, mask, step.text_valid_mask(), self.teacher_temp)

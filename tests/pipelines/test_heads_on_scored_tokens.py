@@ -1,0 +1,77 @@
+"""iBOT and text distillation run the student head on the scored (masked) tokens only; the loss and
+its gradients must equal those of the head applied to every token and the loss selecting after."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from hirl_like.data.masking import generate_block_masks
+from hirl_like.pipelines.composed import ComposedPipeline
+from hirl_like.pipelines.step_cache import StepCache
+from hirl_like.schedules import Progress
+from tests.pipelines.conftest import TINY_OBJECTIVE_ARGS, TINY_TEXT, TINY_VISION, tiny_batch
+
+VISION = {**TINY_VISION, "drop_path_rate": 0.0}  # the reference re-runs the forward: no random drop path
+
+
+def build(objective: str) -> ComposedPipeline:
+    torch.manual_seed(0)
+    args = {objective: TINY_OBJECTIVE_ARGS[objective]}
+    return ComposedPipeline(objectives=[objective], vision=VISION, text=TINY_TEXT, embed_dim=32, **args)
+
+
+def _grads(pipeline: ComposedPipeline) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in pipeline.named_parameters() if p.grad is not None}
+
+
+def _check(pipeline: ComposedPipeline, objective, reference) -> None:
+    batch, progress = tiny_batch(batch_size=6), Progress(25, 10, 100, seed=3)
+    pipeline.update_schedules(progress)
+    loss_module = copy.deepcopy(objective.loss)  # same centre before either call
+    fast = objective(StepCache(pipeline.backbones, batch, progress))["loss"]
+    fast.backward()
+    fast_grads = _grads(pipeline)
+    pipeline.zero_grad(set_to_none=True)
+    slow = reference(StepCache(pipeline.backbones, batch, progress), loss_module)
+    slow.backward()
+    torch.testing.assert_close(fast, slow)
+    slow_grads = _grads(pipeline)
+    assert fast_grads.keys() == slow_grads.keys()
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ibot_student_head_on_masked_patches_only_matches_full_head():
+    pipeline = build("ibot")
+    ibot = pipeline.objectives["ibot"]
+    ibot.pred_ratio, ibot.pred_ratio_var = 0.4, 0.1  # every image masked: the patch term is not trivially 0
+
+    def reference(step: StepCache, loss) -> torch.Tensor:
+        vit, crops, local = pipeline.backbones.student_vision, step.global_crops, step.local_crops
+        masks = generate_block_masks(len(crops) * step.batch_size, vit.grid_size, ibot.pred_ratio,
+                                     ibot.pred_ratio_var, step.rng, ibot.min_aspect)
+        tokens = ibot.head(vit.forward_tokens(torch.cat(crops), mask=masks))  # head on every token
+        student_cls = torch.cat([tokens[:, 0], ibot.head(vit.forward_tokens(torch.cat(local))[:, 0])])
+        with torch.no_grad():
+            teacher = ibot.teacher_head(step.teacher_global_tokens())
+        loss.global_crops, loss.local_crops = len(crops), len(local)
+        return loss(student_cls, tokens[:, 1:], teacher[:, 0], teacher[:, 1:], masks,
+                    ibot.teacher_temp, ibot.teacher_patch_temp)["loss"]
+
+    _check(pipeline, ibot, reference)
+
+
+def test_text_distill_student_head_on_masked_tokens_only_matches_full_head():
+    pipeline = build("text_distill")
+    objective = pipeline.objectives["text_distill"]
+
+    def reference(step: StepCache, loss) -> torch.Tensor:
+        _, mask = step.masked_text(objective.mask_prob)
+        student = objective.head(step.student_masked_text_tokens(objective.mask_prob))  # every position
+        with torch.no_grad():
+            teacher = objective.teacher_head(step.teacher_text_tokens(causal=False))
+        return loss(student, teacher, mask, step.text_valid_mask(), objective.teacher_temp)["loss"]
+
+    _check(pipeline, objective, reference)
