@@ -105,7 +105,10 @@ def build_optimizer(
     groups = param_groups(model)
     if name == "adamw":
         fused = cfg.get("fused", "auto")
-        fused = device.type == "cuda" if fused == "auto" else bool(fused)
+        # "auto": the fused kernel on CPU and CUDA. On CPU torch's default is otherwise the
+        # per-tensor loop (no foreach kernels there), whose cost grows with the number of parameter
+        # tensors, which penalised pipelines with many heads and decoders (Harmony) at small batch.
+        fused = device.type in ("cpu", "cuda") if fused == "auto" else bool(fused)
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
             groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))), eps=float(cfg.get("eps", 1e-8)), fused=fused
         )

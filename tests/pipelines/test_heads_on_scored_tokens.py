@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from hirl_like.data.masking import generate_block_masks
@@ -16,9 +17,9 @@ from tests.pipelines.conftest import TINY_OBJECTIVE_ARGS, TINY_TEXT, TINY_VISION
 VISION = {**TINY_VISION, "drop_path_rate": 0.0}  # the reference re-runs the forward: no random drop path
 
 
-def build(objective: str) -> ComposedPipeline:
+def build(objective: str, **extra) -> ComposedPipeline:
     torch.manual_seed(0)
-    args = {objective: TINY_OBJECTIVE_ARGS[objective]}
+    args = {objective: {**TINY_OBJECTIVE_ARGS[objective], **extra}}
     return ComposedPipeline(objectives=[objective], vision=VISION, text=TINY_TEXT, embed_dim=32, **args)
 
 
@@ -43,21 +44,26 @@ def _check(pipeline: ComposedPipeline, objective, reference) -> None:
         torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_ibot_student_head_on_masked_patches_only_matches_full_head():
-    pipeline = build("ibot")
+@pytest.mark.parametrize("ratio", [0.4, 0.0], ids=["every_image_masked", "nothing_masked"])
+@pytest.mark.parametrize("shared_head", [True, False], ids=["shared_head", "two_heads"])
+def test_ibot_student_head_on_masked_patches_only_matches_full_head(ratio, shared_head):
+    pipeline = build("ibot", shared_head=shared_head)
     ibot = pipeline.objectives["ibot"]
-    ibot.pred_ratio, ibot.pred_ratio_var = 0.4, 0.1  # every image masked: the patch term is not trivially 0
+    ibot.pred_ratio, ibot.pred_ratio_var = ratio, 0.1 if ratio else 0.0
 
     def reference(step: StepCache, loss) -> torch.Tensor:
         vit, crops, local = pipeline.backbones.student_vision, step.global_crops, step.local_crops
         masks = generate_block_masks(len(crops) * step.batch_size, vit.grid_size, ibot.pred_ratio,
                                      ibot.pred_ratio_var, step.rng, ibot.min_aspect)
-        tokens = ibot.head(vit.forward_tokens(torch.cat(crops), mask=masks))  # head on every token
-        student_cls = torch.cat([tokens[:, 0], ibot.head(vit.forward_tokens(torch.cat(local))[:, 0])])
+        tokens = vit.forward_tokens(torch.cat(crops), mask=masks)
+        patch_head = ibot.patch_head or ibot.head  # every head on every token
+        student_cls = torch.cat([ibot.head(tokens[:, 0]), ibot.head(vit.forward_tokens(torch.cat(local))[:, 0])])
         with torch.no_grad():
-            teacher = ibot.teacher_head(step.teacher_global_tokens())
+            teacher = step.teacher_global_tokens()
+            teacher_cls = ibot.teacher_head(teacher[:, 0])
+            teacher_patch = (ibot.teacher_patch_head or ibot.teacher_head)(teacher[:, 1:])
         loss.global_crops, loss.local_crops = len(crops), len(local)
-        return loss(student_cls, tokens[:, 1:], teacher[:, 0], teacher[:, 1:], masks,
+        return loss(student_cls, patch_head(tokens[:, 1:]), teacher_cls, teacher_patch, masks,
                     ibot.teacher_temp, ibot.teacher_patch_temp)["loss"]
 
     _check(pipeline, ibot, reference)

@@ -101,7 +101,7 @@ class IBOTObjective(Objective):
             return head(cls), patch_head(patches)
         flat = patches.reshape(-1, patches.shape[-1])
         out = head(torch.cat([cls, flat]))
-        return out[: cls.shape[0]], out[cls.shape[0]:].reshape(*patches.shape[:-1], -1)
+        return out[: cls.shape[0]], out[cls.shape[0]:].reshape(*patches.shape[:-1], out.shape[-1])
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         crops = step.global_crops
