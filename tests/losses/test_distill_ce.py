@@ -53,12 +53,18 @@ def test_cross_view_ce_needs_two_views():
         cross_view_ce(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(1, 4), 1, 0.1, 0.04)
 
 
-def test_masked_mean_ce_per_item_normalisation():
-    gen = torch.Generator().manual_seed(2)
+def _masked_case(seed: int):
+    """Student (3, 4, 5) with grad, teacher, centre, and a mask with an item that has nothing masked."""
+    gen = torch.Generator().manual_seed(seed)
     s = torch.randn(3, 4, 5, generator=gen, requires_grad=True)
     t = torch.randn(3, 4, 5, generator=gen)
     c = torch.randn(1, 1, 5, generator=gen)
     mask = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
+    return s, t, c, mask
+
+
+def test_masked_mean_ce_per_item_normalisation():
+    s, t, c, mask = _masked_case(2)
     ref = 0.0
     for m in range(3):
         n = int(mask[m].sum())
@@ -72,11 +78,7 @@ def test_masked_mean_ce_per_item_normalisation():
 
 def test_masked_mean_ce_on_preselected_student_rows_equals_the_full_tensor():
     """Objectives run the student head on masked tokens only and pass (#masked, K) rows."""
-    gen = torch.Generator().manual_seed(3)
-    s = torch.randn(3, 4, 5, generator=gen, requires_grad=True)
-    t = torch.randn(3, 4, 5, generator=gen)
-    c = torch.randn(1, 1, 5, generator=gen)
-    mask = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
+    s, t, c, mask = _masked_case(3)
     full = masked_mean_ce(s, t, c, mask, 0.1, 0.07)
     rows = masked_mean_ce(s[mask], t, c, mask, 0.1, 0.07)
     torch.testing.assert_close(rows, full)
