@@ -142,9 +142,11 @@ def masked_mean_ce(
             f"mask {tuple(mask.shape)}; expected (M, N, K) or (#masked, K), (M, N, K), (M, N)."
         )
     k = teacher_logits.shape[-1]
+    if selected:  # full[mask] always has the right rows; pre-selected rows must be checked
+        n_masked = int(mask.sum())
+        if student_logits.shape != (n_masked, k):
+            raise ValueError(f"{student_logits.shape[0]} selected student rows for {n_masked} masked tokens.")
     student_rows = student_logits if selected else student_logits[mask]
-    if student_rows.shape != (int(mask.sum()), k):
-        raise ValueError(f"{student_rows.shape[0]} selected student rows for {int(mask.sum())} masked tokens.")
     per_token = centered_sharpened_ce(
         student_rows, teacher_logits[mask], center.reshape(1, k), student_temp, teacher_temp
     )  # (#masked,)

@@ -78,7 +78,6 @@ class HeadDistillationObjective(Objective):
         warmup_teacher_temp_epochs: float,
         freeze_last_layer: float = 0.0,
     ) -> None:
-
         self.head = head
         self.teacher_head = make_teacher(head)
         self.temps = (warmup_teacher_temp, teacher_temp)
