@@ -3,6 +3,17 @@
 Class names come from the folder names with underscores turned into spaces
 (``root/ankle_boot/x.png`` -> "ankle boot"); classes are sorted by folder name, as torchvision's
 ImageFolder sorts them, so label ids agree with it. Hidden files and folders are ignored.
+
+Splits: with ``split`` set (config key ``data.split``) the classes are read from
+``root/<split>/<class_name>/<image>``, e.g. ``root: datasets/imagenet, split: train``. The
+evaluation scripts set ``split`` (``--train_split`` / ``--test_split``) on the training config's
+``data`` node, so a config written this way evaluates on ``datasets/imagenet/val`` unchanged.
+Without ``split`` (null) ``root`` itself holds the class folders.
+
+Unreadable images (corrupt, truncated, empty) become bad samples, skipped and counted by the
+loaders and the trainer (:mod:`hirl_like.data.bad_samples`); ``max_bad_fraction`` /
+``max_bad_samples`` (``data.max_bad_fraction`` / ``data.max_bad_samples``) set how many an epoch
+may hold before training stops.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from hirl_like.data.bad_samples import decode_image
+from hirl_like.data.bad_samples import check_limit_args, decode_image
 from hirl_like.data.base import ImageCaptionDataset, Transform
 from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.registry import DATASETS
@@ -20,11 +31,14 @@ from hirl_like.registry import DATASETS
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 
-def scan_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(sorted class folder names, [(path, label)] sorted by class then file path)."""
+def scan_image_folder(root: str, key: str = "data.root") -> tuple[list[str], list[tuple[str, int]]]:
+    """(sorted class folder names, [(path, label)] sorted by class then file path).
+
+    ``key`` names the config key(s) that chose ``root``, for the error messages.
+    """
     if not os.path.isdir(root):
         raise FileNotFoundError(
-            f"image folder root {root!r} does not exist. Set the config key data.root to a folder "
+            f"image folder root {root!r} does not exist. Set the config key {key} to a folder "
             "with one subfolder of images per class (root/<class_name>/<image>)."
         )
     folders = sorted(
@@ -44,37 +58,67 @@ def scan_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
     if not samples:
         raise ValueError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under class subfolders of {root!r}; "
-            "expected root/<class_name>/<image> (set data.root accordingly)"
+            f"expected root/<class_name>/<image> (set {key} accordingly)"
         )
     return folders, samples
 
 
 @DATASETS.register("ImageFolder")
 class ImageFolderDataset(ImageCaptionDataset):
-    """``root/<class>/<image>`` as an image-caption dataset.
+    """``root/<class>/<image>`` (or ``root/<split>/<class>/<image>``) as an image-caption dataset.
 
-    ``image_size`` (optional) resizes each image so that its shorter side has that many pixels
-    (bicubic, aspect ratio kept) before the transform; None keeps the stored size.
+    Args:
+        root: the folder (config key ``data.root``).
+        split: a sub-folder of ``root`` holding the class folders (``data.split``, e.g. "train" or
+            "val"); None reads the class folders from ``root`` itself.
+        image_size: resizes each image so that its shorter side has that many pixels (bicubic,
+            aspect ratio kept) before the transform; None keeps the stored size.
+        max_bad_fraction, max_bad_samples: the per-epoch limit on unreadable images
+            (:class:`~hirl_like.data.bad_samples.BadSampleTracker`).
+        transform, tokenizer, templates, caption_noise, seed: see
+            :class:`~hirl_like.data.base.ImageCaptionDataset`.
     """
 
     def __init__(
         self,
         root: str,
+        split: str | None = None,
         image_size: int | None = None,
         transform: Transform | None = None,
         tokenizer: ClipTokenizer | None = None,
         templates: Sequence[str] | None = None,
         caption_noise: float = 0.0,
         seed: int = 0,
+        max_bad_fraction: float = 0.01,
+        max_bad_samples: int | None = None,
     ) -> None:
         super().__init__(
             transform=transform, tokenizer=tokenizer, templates=templates, caption_noise=caption_noise, seed=seed
         )
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
             raise ValueError(f"image_size must be a positive int or null, got {image_size!r}")
+        if not isinstance(root, (str, os.PathLike)) or not str(root):
+            raise ValueError(f"root must be a folder path (config key data.root), got {root!r}")
+        if split is not None and (not isinstance(split, str) or not split):
+            raise ValueError(f"split must be a sub-folder name of data.root or null (config key data.split), got {split!r}")
+        check_limit_args(max_bad_fraction, max_bad_samples)
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.max_bad_samples = max_bad_samples
         self.root = str(root)
+        self.split = split
         self.image_size = image_size
-        folders, self.samples = scan_image_folder(self.root)
+        if split is None:
+            self.folder, key = self.root, "data.root"
+        else:
+            self.folder, key = os.path.join(self.root, split), "data.root (with data.split)"
+            if not os.path.isdir(self.folder):
+                raise FileNotFoundError(
+                    f"image folder {self.folder!r} does not exist: data.root={self.root!r} with data.split={split!r} "
+                    "reads data.root/<split>/<class_name>/<image>. Point data.root at the folder holding the "
+                    "split folders (e.g. datasets/imagenet with train/ and val/), or set data.split=null to read "
+                    "the class folders from data.root itself."
+                )
+        folders, self.samples = scan_image_folder(self.folder, key)
         self.folder_names = folders
         self.classnames = tuple(f.replace("_", " ") for f in folders)
         self._targets = [label for _, label in self.samples]

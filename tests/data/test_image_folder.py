@@ -1,7 +1,13 @@
+import importlib.util
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from hirl_like.config import load_config
+from hirl_like.data.bad_samples import BadSampleTracker
 from hirl_like.data.image_folder import ImageFolderDataset
 from hirl_like.data.transforms import EvalTransform
 from hirl_like.registry import DATASETS
@@ -74,3 +80,76 @@ def test_corrupt_truncated_and_empty_images_are_bad_samples_not_crashes(folder):
     # The loader drops them from the batch and lists them under "_bad".
     batch = next(iter(build_eval_loader(ds, batch_size=6, num_workers=0)))
     assert batch["image"].shape[0] == 3 and len(batch["_bad"]) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# splits (what the evaluation scripts set) and the configurable bad-sample limit
+# ---------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def split_root(tmp_path) -> Path:
+    """ImageNet-style ``root/{train,val}/<class>/<image>``: 3 + 2 train images, 1 + 1 val images."""
+    colours = {"train": {"cat": 3, "dog": 2}, "val": {"cat": 1, "dog": 1}}
+    for split, classes in colours.items():
+        for name, n in classes.items():
+            (tmp_path / "imagenet" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "imagenet" / split / name / f"{i}.png")
+    return tmp_path / "imagenet"
+
+
+def test_split_reads_a_sub_folder_of_root(split_root):
+    train = DATASETS.build({"name": "ImageFolder", "root": str(split_root), "split": "train"})
+    val = DATASETS.build({"name": "ImageFolder", "root": str(split_root), "split": "val"})
+    assert (len(train), len(val)) == (5, 2)
+    assert train.targets == [0, 0, 0, 1, 1] and val.targets == [0, 1]
+    assert train.classnames == val.classnames == ("cat", "dog")
+    assert all(p.startswith(str(split_root / "val") + os.sep) for p, _ in val.samples)
+    # split=None (the default) keeps reading the class folders from root itself
+    assert len(ImageFolderDataset(root=str(split_root / "train"))) == 5
+
+
+def test_missing_split_names_the_path_and_both_keys(split_root):
+    with pytest.raises(FileNotFoundError) as err:
+        ImageFolderDataset(root=str(split_root), split="test")
+    msg = str(err.value)
+    assert str(split_root / "test") in msg and "data.root" in msg and "data.split='test'" in msg
+    # a root that already is a split folder: the message says how to fix it
+    with pytest.raises(FileNotFoundError, match="data.split=null"):
+        ImageFolderDataset(root=str(split_root / "train"), split="val")
+    for bad in ("", 3):
+        with pytest.raises(ValueError, match="data.split"):
+            ImageFolderDataset(root=str(split_root), split=bad)
+
+
+def _eval_common_module():
+    """eval_common/common.py, loaded by path (the scripts import it as a top-level module)."""
+    spec = importlib.util.spec_from_file_location("_eval_common_for_data_tests", ROOT / "eval_common" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluation_builds_each_split_from_a_training_config(split_root, tmp_path):
+    """The evaluation scripts set data.split on the training config's data node; ImageFolder takes it."""
+    cfg = load_config(ROOT / "configs/quickstart/dino_vit_tiny_digits.yaml", [
+        f"output_dir={tmp_path / 'run'}", "data.name=ImageFolder", f"data.root={split_root}", "data.split=train",
+        "data.max_bad_fraction=0.5",
+    ])
+    common = _eval_common_module()
+    train, val = common.build_eval_dataset(cfg, "train"), common.build_eval_dataset(cfg, "val")
+    assert isinstance(train, ImageFolderDataset) and (len(train), len(val)) == (5, 2)
+    assert val[1]["label"] == 1 and val[1]["image"].shape[0] == 3
+
+
+def test_bad_sample_limit_is_configurable(split_root):
+    ds = ImageFolderDataset(root=str(split_root), split="train", max_bad_fraction=0.5, max_bad_samples=1)
+    tracker = BadSampleTracker.for_dataset(ds)
+    assert (tracker.max_bad_fraction, tracker.max_bad_samples, tracker.allowed) == (0.5, 1, 1)
+    assert BadSampleTracker.for_dataset(ImageFolderDataset(root=str(split_root), split="train")).allowed == 0  # 1% of 5
+    with pytest.raises(ValueError, match="max_bad_fraction"):
+        ImageFolderDataset(root=str(split_root), split="train", max_bad_fraction=1.5)
+    with pytest.raises(ValueError, match="max_bad_samples"):
+        ImageFolderDataset(root=str(split_root), split="train", max_bad_samples=-1)
