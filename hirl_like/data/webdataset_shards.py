@@ -27,8 +27,9 @@ Shard sizes, in this order: ``sizes.json`` (``{"00000.tar": 10000, ...}``, open_
 convention) beside the shards or at ``sizes_file``; else a declared ``num_samples`` (shards are
 then assumed equal, as img2dataset writes them apart from the last; a shard found shorter is
 padded with ``shard_error`` bad samples so the epoch plan still holds, one found longer has its
-surplus unread: prefer exact sizes); else the tar headers are counted once and ``sizes.json`` is
-written. The file is not refreshed: delete it after changing the shards.
+surplus unread, with a warning naming the shard: prefer exact sizes); else the tar headers are
+counted once and ``sizes.json`` is written. The file is not refreshed: delete it after changing
+the shards (a shard grown since is read up to its listed size, with the same warning).
 
 Bad samples (undecodable image, missing/empty caption, missing image member, unreadable part of a
 shard) become :class:`~hirl_like.data.bad_samples.BadSample` sentinels: the collate function drops
@@ -424,6 +425,8 @@ class WebDatasetShards(ImageCaptionDataset, IterableDataset):
                             yield current
                             produced += 1
                         if ordinal >= seg.end:
+                            if seg.end == self.counts[seg.shard]:  # the shard's last planned sample was read
+                                self._warn_surplus(url, seg.shard)
                             current = None
                             break
                         current = _RawSample(self._offsets[seg.shard] + ordinal, f"{url}#{key}", {})
@@ -438,6 +441,20 @@ class WebDatasetShards(ImageCaptionDataset, IterableDataset):
                 stream.close()
         for k in range(produced, seg.end - seg.start):
             yield BadSample(self._offsets[seg.shard] + seg.start + k, f"{url}#{seg.start + k}", "shard_error", error)
+
+    def _warn_surplus(self, url: str, shard: int) -> None:
+        """Warn that shard ``shard`` holds more samples than the epoch plan gives it: the surplus
+        is not read, so the data would otherwise shrink silently."""
+        if self.exact_counts:
+            source = f"listed in {self._default_sizes_file() or 'the sizes file'}"
+            fix = "the sizes file is stale: delete it to have the shards counted again"
+        else:
+            source = f"assumed from data.num_samples={self.num_samples} over {len(self.urls)} shards"
+            fix = f"write exact sizes to {SIZES_FILE} (or data.sizes_file), or set data.num_samples: null for local shards"
+        warnings.warn(
+            f"shard {url} holds more than the {self.counts[shard]} samples {source}; the surplus is not read. {fix}",
+            stacklevel=2,
+        )
 
     def _decode(self, raw: _RawSample, caption: str) -> dict[str, Any] | BadSample:
         ext = next((e for e in IMAGE_MEMBER_EXTENSIONS if e in raw.members), None)

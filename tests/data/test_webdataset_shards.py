@@ -212,7 +212,10 @@ def test_resume_mid_epoch_is_exact(shard_dir):
 def test_declared_num_samples_assumes_equal_shards_and_pads_short_ones(shard_dir):
     ds = WebDatasetShards(pattern(shard_dir), num_samples=48, sizes_file=str(shard_dir / "none.json"), shuffle_buffer=0)
     assert not ds.exact_counts and ds.counts == [8] * 6 and len(ds) == 48
-    items = list(ds)
+    with pytest.warns(UserWarning) as caught:
+        items = list(ds)
+    surplus = [str(w.message) for w in caught if "surplus" in str(w.message)]
+    assert len(surplus) == 1 and "00002.tar holds more than the 8 samples assumed from data.num_samples=48" in surplus[0]
     assert len(items) == 48
     padding = [x for x in items if isinstance(x, BadSample) and x.reason == "shard_error"]
     assert len(padding) == sum(max(0, 8 - c) for c in SIZES) == 9
@@ -225,6 +228,19 @@ def test_declared_num_samples_assumes_equal_shards_and_pads_short_ones(shard_dir
     assert others == [k for k in range(N) if k not in BAD and k != unread]
     assert sorted(x.reason for x in items if isinstance(x, BadSample) and x.reason != "shard_error") == sorted(BAD.values())
     assert not (shard_dir / "none.json").exists()  # declared: nothing counted or written
+
+
+def test_a_stale_sizes_file_is_read_to_its_sizes_with_a_warning(shard_dir, recwarn):
+    items = list(WebDatasetShards(pattern(shard_dir), shuffle_buffer=0))  # writes sizes.json
+    assert len(items) == N and not [w for w in recwarn if "surplus" in str(w.message)]  # exact sizes: silent
+    sizes = json.loads((shard_dir / "sizes.json").read_text())
+    sizes["00004.tar"] -= 3  # the shard grew after the file was written
+    (shard_dir / "sizes.json").write_text(json.dumps(sizes))
+    ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=0)
+    assert ds.exact_counts and len(ds) == N - 3
+    with pytest.warns(UserWarning, match=r"00004.tar holds more than the 5 samples listed in .*sizes.json.*stale"):
+        items = list(ds)
+    assert len(items) == N - 3 and len({ids(x) for x in items}) == N - 3
 
 
 def test_a_truncated_shard_is_read_up_to_the_break(shard_dir):
