@@ -21,6 +21,11 @@ Web-scraped image-caption data always holds some broken files. The policy here:
    The check runs on every batch against this process's count (a lower bound of the global
    count, so it never stops a run wrongly) and at each epoch end against the count summed over
    ranks (all ranks decide together there).
+5. A checkpoint written mid-epoch stores the epoch's counts so far, summed over ranks
+   (:meth:`BadSampleTracker.state_dict`); a run resumed in that epoch loads them on rank 0
+   (:meth:`BadSampleTracker.load_state_dict`), so the epoch's summary and limit cover the samples
+   read before and after the restart. A run stopped mid-epoch (``max_iterations``) logs its
+   partial record and keeps the counts (``end_epoch(..., reset=False)``) for that checkpoint.
 
 A batch whose every sample is bad cannot be collated (and data-parallel ranks must all step),
 so :func:`collate_skip_bad` raises :class:`TooManyBadSamplesError` for it; that takes a run of
@@ -229,6 +234,7 @@ class BadSampleTracker:
         allowed = math.floor(self.max_bad_fraction * samples_per_epoch + 1e-9)
         self.allowed = allowed if max_bad_samples is None else min(allowed, int(max_bad_samples))
         self.epoch_counts: Counter = Counter()
+        self.epoch = 0  # the epoch epoch_counts belong to (advanced by end_epoch, set by load_state_dict)
         self.total = 0
         self.first_bad: list[BadSample] = []
 
@@ -257,20 +263,30 @@ class BadSampleTracker:
         if self.epoch_count > self.allowed:
             raise TooManyBadSamplesError(self._message(self.epoch_count, self.epoch_counts, "read so far on this process"))
 
+    def _summed_counts(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> dict[str, int]:
+        """This epoch's per-reason counts, summed over ranks with ``reduce`` (a collective), non-zero only."""
+        local = torch.tensor([float(self.epoch_counts.get(r, 0)) for r in REASONS], dtype=torch.float64)
+        summed = reduce(local) if reduce is not None else local
+        return {r: int(round(float(v))) for r, v in zip(REASONS, summed.cpu().tolist()) if v}
+
     def end_epoch(
-        self, epoch: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self, epoch: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, reset: bool = True
     ) -> dict[str, Any]:
         """The epoch's summary record, counts summed over ranks with ``reduce`` (e.g.
-        ``hirl_like.distributed.all_reduce_sum``; every rank must call it). Resets the epoch counts.
+        ``hirl_like.distributed.all_reduce_sum``; every rank must call it).
+
+        ``reset`` (an epoch that ended) clears the counts and moves on to epoch ``epoch + 1``;
+        ``reset=False`` (a run stopped mid-epoch) keeps them for :meth:`state_dict`, so a run
+        resumed in this epoch goes on counting from them.
 
         Returns ``{"type": "data_epoch", "epoch", "bad_samples", "bad_by_reason", "allowed_bad_samples"}``.
         Pass it to :meth:`check_epoch` (after logging it) to enforce the limit on every rank alike.
         """
-        local = torch.tensor([float(self.epoch_counts.get(r, 0)) for r in REASONS], dtype=torch.float64)
-        summed = reduce(local) if reduce is not None else local
-        by_reason = {r: int(round(float(v))) for r, v in zip(REASONS, summed.cpu().tolist()) if v}
+        by_reason = self._summed_counts(reduce)
         count = sum(by_reason.values())
-        self.epoch_counts = Counter()
+        if reset:
+            self.epoch_counts = Counter()
+            self.epoch = int(epoch) + 1
         record = {
             "type": "data_epoch",
             "epoch": int(epoch),
@@ -279,6 +295,46 @@ class BadSampleTracker:
             "allowed_bad_samples": self.allowed,
         }
         return record
+
+    def state_dict(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+        """For a checkpoint: the current epoch's counts so far summed over ranks with ``reduce``
+        (a collective: every rank must call it) and this process's first bad samples, as plain
+        containers (loadable with ``torch.load(weights_only=True)``).
+
+        Returns ``{"epoch": int, "bad_by_reason": {reason: count}, "first_bad": [[index, path, reason, detail], ...]}``.
+        """
+        return {
+            "epoch": int(self.epoch),
+            "bad_by_reason": self._summed_counts(reduce),
+            "first_bad": [[b.index, b.path, b.reason, b.detail] for b in self.first_bad],
+        }
+
+    def load_state_dict(self, state: dict[str, Any] | None, epoch: int, keep_counts: bool = True) -> None:
+        """Resume in ``epoch``: take the checkpoint's counts when they belong to that epoch.
+
+        ``state`` is a :meth:`state_dict` (None for a checkpoint written without one: counting
+        starts at zero). Its counts are already summed over ranks, so exactly one rank must keep
+        them (``keep_counts=True`` on rank 0, False elsewhere) for the epoch-end sum to be right.
+        Counts of another epoch (a checkpoint taken as an epoch ended) are not carried over.
+        """
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+        self.epoch_counts = Counter()
+        if state is None or not keep_counts:
+            return
+        if not isinstance(state, dict) or not isinstance(state.get("bad_by_reason", {}), dict):
+            raise ValueError(
+                "the checkpoint's 'bad_samples' entry is not a BadSampleTracker.state_dict() "
+                f"(got {type(state).__name__}); it was written by another program"
+            )
+        if int(state.get("epoch", -1)) == self.epoch:
+            for reason, n in state.get("bad_by_reason", {}).items():
+                self.epoch_counts[reason if reason in REASONS else "other"] += int(n)
+        self.first_bad = [
+            BadSample(int(index), str(path), str(reason), str(detail))
+            for index, path, reason, detail in state.get("first_bad", [])
+        ][: self.keep_paths]
 
     def check_epoch(self, record: dict[str, Any]) -> None:
         """Raise TooManyBadSamplesError when an :meth:`end_epoch` record exceeds the limit."""

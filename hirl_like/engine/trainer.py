@@ -5,7 +5,8 @@ logging; atomic checkpoints that resume exactly; exported backbones.
 Exact resume: the data order is a pure function of (seed, epoch), augmentations of (seed, epoch,
 index), masks of (seed, iteration, rank), and the global torch RNG (drop path) is re-seeded from
 (seed, iteration, rank) every step, so a run resumed from a checkpoint takes the same steps as
-one that was never interrupted.
+one that was never interrupted. Checkpoints also hold the unfinished epoch's bad-sample counts
+(summed over ranks), so that epoch's ``data_epoch`` record and limit cover the whole epoch.
 """
 
 from __future__ import annotations
@@ -155,11 +156,15 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.bad_steps_total = int(state.get("bad_steps_total", 0))
+        # The epoch's bad samples so far, summed over ranks when saved: rank 0 carries them on.
+        self.bad_samples.load_state_dict(
+            state.get("bad_samples"), epoch=self.iteration // self.iters_per_epoch, keep_counts=self.is_main
+        )
         restore_rng_state(state["rng"])
         if self.is_main:
             print(f"resumed from {path} at iteration {self.iteration} (epoch {self.iteration / self.iters_per_epoch:.2f})")
 
-    def _checkpoint_state(self) -> dict[str, Any]:
+    def _checkpoint_state(self, data_state: dict[str, Any]) -> dict[str, Any]:
         return {
             "model": self.pipeline.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -168,14 +173,18 @@ class Trainer:
             "epoch": self.iteration // self.iters_per_epoch,
             "iters_per_epoch": self.iters_per_epoch,
             "bad_steps_total": self.bad_steps_total,
+            "bad_samples": data_state,  # the unfinished epoch's bad-sample counts, summed over ranks
             "rng": capture_rng_state(),
             "config": to_dict(self.cfg),
         }
 
     def save(self, numbered_epoch: int | None = None) -> None:
+        """Write the checkpoint and exports (rank 0). Every rank must call it: the unfinished
+        epoch's bad-sample counts are summed over ranks first."""
+        data_state = self.bad_samples.state_dict(reduce=self._reduce_sum)
         if not self.is_main:
             return
-        state = self._checkpoint_state()
+        state = self._checkpoint_state(data_state)
         save_atomic(state, self.output_dir / CHECKPOINT_NAME)
         if numbered_epoch is not None:
             save_atomic(state, self.output_dir / f"checkpoint{numbered_epoch:04d}.pth")
@@ -298,8 +307,9 @@ class Trainer:
                 if cfg.checkpoint_interval and self.iteration % int(cfg.checkpoint_interval) == 0:
                     self.save()
             epoch_done = self.iteration // self.iters_per_epoch
-            if self.iteration % self.iters_per_epoch == 0 or self.iteration >= self.total_iterations:
-                self._end_data_epoch(epoch)
+            complete = self.iteration % self.iters_per_epoch == 0
+            if complete or self.iteration >= self.total_iterations:
+                self._end_data_epoch(epoch, complete)
                 numbered = epoch_done if cfg.save_interval and epoch_done % int(cfg.save_interval) == 0 else None
                 self.save(numbered_epoch=numbered)
         if progress_bar is not None:
@@ -308,13 +318,18 @@ class Trainer:
         self.logger.close()
         return summary
 
-    def _end_data_epoch(self, epoch: int) -> None:
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks on the communication device (a collective)."""
+        return all_reduce_sum(t.to(self.device))
+
+    def _end_data_epoch(self, epoch: int, complete: bool = True) -> None:
         """Log the epoch's bad-sample counts summed over ranks (a collective: all ranks call it), then
-        stop if they exceed the limit."""
-        record = self.bad_samples.end_epoch(epoch, reduce=lambda t: all_reduce_sum(t.to(self.device)))
-        self.logger.log({**record, "iteration": self.iteration})
+        stop if they exceed the limit. ``complete=False`` (the run stops mid-epoch) keeps the counts
+        for the checkpoint, so a resumed run's record for this epoch covers all of it."""
+        record = self.bad_samples.end_epoch(epoch, reduce=self._reduce_sum, reset=complete)
+        self.logger.log({**record, "iteration": self.iteration, "epoch_complete": complete})
         if self.is_main and record["bad_samples"]:
-            print(self.bad_samples.summary_line(record))
+            print(self.bad_samples.summary_line(record) + ("" if complete else " (so far: stopped mid-epoch)"))
         self.bad_samples.check_epoch(record)
 
     def _log_window(self, means: RunningMeans, start_time: float, images_seen: int) -> None:

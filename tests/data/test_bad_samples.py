@@ -246,6 +246,40 @@ def test_end_epoch_record_resets_and_checks_the_summed_count():
     assert len(REASONS) == len(set(REASONS))
 
 
+def test_state_dict_carries_an_unfinished_epoch_across_a_restart(tmp_path):
+    t = BadSampleTracker(100, max_bad_fraction=0.05)  # 5 allowed
+    t.update(records(1) + records(1, "truncated", 3))
+    rec = t.end_epoch(0, reset=False)  # a run stopped mid-epoch: logged, counts kept
+    assert rec["bad_samples"] == 2 and t.epoch == 0 and t.epoch_count == 2
+    state = t.state_dict(reduce=lambda x: x * 2)  # two ranks with the same counts
+    assert state == {
+        "epoch": 0, "bad_by_reason": {"corrupt": 2, "truncated": 2},
+        "first_bad": [[0, "/d/0.jpg", "corrupt", "why"], [3, "/d/3.jpg", "truncated", "why"]],
+    }
+    torch.save(state, tmp_path / "s.pth")
+    state = torch.load(tmp_path / "s.pth", weights_only=True)  # what a checkpoint load gives back
+
+    main, other = BadSampleTracker(100, max_bad_fraction=0.05), BadSampleTracker(100, max_bad_fraction=0.05)
+    main.load_state_dict(state, epoch=0)
+    other.load_state_dict(state, epoch=0, keep_counts=False)
+    assert main.epoch_counts == {"corrupt": 2, "truncated": 2} and other.epoch_count == 0
+    assert [b.path for b in main.first_bad] == ["/d/0.jpg", "/d/3.jpg"] and other.first_bad == []
+    main.update(records(1, start=50))  # 5 = the limit: still fine
+    with pytest.raises(TooManyBadSamplesError, match="6 read so far"):
+        main.update(records(1, start=60))
+    # counts of an epoch that ended are not carried into the next one; no state = start from zero
+    later = BadSampleTracker(100)
+    later.load_state_dict(state, epoch=1)
+    assert later.epoch == 1 and later.epoch_count == 0
+    later.load_state_dict(None, epoch=2)
+    assert later.epoch == 2 and later.epoch_count == 0
+    # an epoch that ends moves on: the next checkpoint's counts belong to the next epoch
+    t.end_epoch(0)
+    assert t.epoch == 1 and t.state_dict()["bad_by_reason"] == {} and t.state_dict()["epoch"] == 1
+    with pytest.raises(ValueError, match="bad_samples"):
+        BadSampleTracker(10).load_state_dict(["not", "a", "state"], epoch=0)
+
+
 def _two_rank_worker(rank: int, port: int, results) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:

@@ -17,6 +17,7 @@ from hirl_like.data.caption_folder import ImageCaptionFolder, PackedStrings
 from hirl_like.data.loader import build_train_loader
 from hirl_like.data.sampler import ResumableDistributedSampler
 from hirl_like.data.tokenizer import ClipTokenizer
+from hirl_like.engine.checkpoint import load_checkpoint
 from hirl_like.engine.dist_setup import init_distributed
 from hirl_like.engine.trainer import Trainer
 from hirl_like.registry import DATASETS
@@ -208,3 +209,37 @@ def test_training_stops_past_the_limit(folder, tmp_path):
     cfg = load_config(CLIP, [f"output_dir={tmp_path}", *overrides, "data.name=ImageCaptionFolder", f"data.root={folder}", "data.max_bad_samples=0"])
     with pytest.raises(TooManyBadSamplesError, match=r"too many bad samples: \d+ read so far .* more than the 0 allowed"):
         Trainer(cfg, init_distributed(device="cpu")).fit()
+
+
+def _train_in_process(folder: Path, out: Path, *overrides: str) -> dict:
+    base = [o.replace("num_workers=2", "num_workers=0") for o in FAST if not o.startswith("max_iterations=")]
+    cfg = load_config(CLIP, [f"output_dir={out}", *base, "data.name=ImageCaptionFolder", f"data.root={folder}", *overrides])
+    return Trainer(cfg, init_distributed(device="cpu")).fit()
+
+
+def test_mid_epoch_resume_keeps_the_epochs_bad_sample_count(folder, tmp_path):
+    """31 samples, batch 8: one epoch = 3 iterations. Stopped after 2 and resumed, the epoch's
+    data_epoch record counts the bad samples of all 3 batches, as an uninterrupted run does."""
+    ds = ImageCaptionFolder(str(folder))
+    before, whole = expected_bad_in_first_batches(ds, 2 * 8), expected_bad_in_first_batches(ds, 3 * 8)
+    assert 0 < before < whole  # bad samples on both sides of the restart (seed 0's order)
+    out = tmp_path / "run"
+    _train_in_process(folder, out, "max_iterations=2", "data.max_bad_fraction=0.2")
+    assert load_checkpoint(out / "checkpoint.pth")["bad_samples"]["bad_by_reason"]  # saved mid-epoch
+    _train_in_process(folder, out, "max_iterations=3", "data.max_bad_fraction=0.2")
+    epochs = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["type"] == "data_epoch"]
+    assert [(r["epoch"], r["epoch_complete"], r["bad_samples"]) for r in epochs] == [(0, False, before), (0, True, whole)]
+    assert set(epochs[-1]["bad_by_reason"]) <= set(BAD_REASONS.values())
+    # the next epoch starts from zero
+    assert load_checkpoint(out / "checkpoint.pth")["bad_samples"] == {
+        "epoch": 1, "bad_by_reason": {}, "first_bad": load_checkpoint(out / "checkpoint.pth")["bad_samples"]["first_bad"]
+    }
+
+
+def test_the_limit_spans_a_mid_epoch_restart(folder, tmp_path):
+    ds = ImageCaptionFolder(str(folder))
+    before = expected_bad_in_first_batches(ds, 2 * 8)
+    limit = f"data.max_bad_samples={before}"  # reached, not exceeded, before the restart
+    _train_in_process(folder, tmp_path, "max_iterations=2", "data.max_bad_fraction=1.0", limit)
+    with pytest.raises(TooManyBadSamplesError, match=rf"too many bad samples: {before + 1} read so far"):
+        _train_in_process(folder, tmp_path, "max_iterations=3", "data.max_bad_fraction=1.0", limit)
