@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hirl_like.config import load_config
 from hirl_like.data.bad_samples import BAD_KEY, BadSample, BadSampleError, TooManyBadSamplesError
@@ -91,6 +92,16 @@ def test_tokenized_captions(folder):
     tokenizer = ClipTokenizer(16)
     assert s["text"].shape == (16,) and s["text"].tolist() == tokenizer(digit_caption(3))[0].tolist()
     assert tokenizer.decode(s["text"]).replace(" :", ":") == digit_caption(3)  # BPE decoding spaces the colon
+
+
+def test_captions_are_tokenised_in_the_loader_workers(folder):
+    tokenizer = ClipTokenizer(context_length=16)
+    ds = ImageCaptionFolder(str(folder), tokenizer=tokenizer, caption_noise=0.3, seed=2)
+    batches = list(build_train_loader(ds, batch_size=5, num_workers=2, seed=0, epoch=1))
+    assert batches
+    for batch in batches:
+        assert batch["text"].shape == (len(batch["caption"]), 16) and batch["text"].dtype == torch.long
+        assert batch["text"].tolist() == tokenizer(list(batch["caption"])).tolist()  # the caption after noise
 
 
 def test_caption_noise_is_fixed_and_comes_from_other_samples(folder):
