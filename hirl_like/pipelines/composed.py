@@ -160,6 +160,8 @@ class ComposedPipeline(nn.Module):
         step = StepCache(self.backbones, batch, self._progress, rank=get_rank())
         total: torch.Tensor | None = None
         out: dict[str, torch.Tensor] = {}
+        for objective in self.objectives.values():
+            objective.prepare(step)
         for name, objective in self.objectives.items():
             terms = objective(step)
             term = terms["loss"]

@@ -42,6 +42,10 @@ class Objective(nn.Module):
     def backbones(self) -> "Backbones":
         return self._backbones  # type: ignore[return-value]
 
+    def prepare(self, step: "StepCache") -> None:
+        """Called for every objective before any objective's forward: draw what other objectives
+        may reuse (iBOT's masks, which let CLIP reuse the unmasked rows of the masked forward)."""
+
     def forward(self, step: "StepCache") -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         """Return {"loss": term, other detached diagnostics...}."""
         raise NotImplementedError

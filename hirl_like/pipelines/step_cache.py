@@ -5,6 +5,12 @@ unmasked global crops serves both iBOT's targets and CLIP's soft image targets, 
 teacher forward serves soft CLIP and text distillation, and the student's masked-caption forward
 serves MLM and text distillation. Teacher forwards run under ``torch.no_grad``.
 
+The student's forward on the iBOT-masked global crops also serves CLIP: iBOT leaves about half the
+images unmasked (``pred_ratio [0, 0.3]``), and an unmasked row of crop 1 is exactly CLIP's input,
+so CLIP's student image pass runs only on the rows iBOT masked. For that, iBOT draws its masks in
+:meth:`Objective.prepare <hirl_like.pipelines.objective.Objective.prepare>`, before any objective's
+forward, whatever the order of objectives in the config.
+
 Randomness of a step (iBOT block masks, MAE token drop, MLM masking) comes from generators
 seeded by (seed, iteration, rank), so a resumed run draws exactly the same masks.
 """
@@ -80,12 +86,49 @@ class StepCache:
         return self.global_crops[0].shape[0]
 
     # -- vision ------------------------------------------------------------------------------
+    def student_global_masks(self, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """(G*B, N) bool patch masks of the student's global crops (True = masked), view-major;
+        ``draw`` runs once per step, for the first caller (iBOT's ``prepare``)."""
+        return self.memo("student_global_masks", draw)
+
+    def student_masked_global_tokens(self) -> torch.Tensor:
+        """(G*B, 1+N, D) student tokens of the global crops with the masks of
+        :meth:`student_global_masks` (mask token in masked patches), view-major."""
+        if "student_global_masks" not in self._memo:
+            raise RuntimeError("student_masked_global_tokens needs student_global_masks(draw) to be called first.")
+        masks = self._memo["student_global_masks"]
+
+        def compute() -> torch.Tensor:
+            return self.backbones.student_vision.forward_tokens(torch.cat(self.global_crops), mask=masks)
+
+        return self.memo("student_masked_global_tokens", compute)
+
+    def _student_crop1_cls(self) -> torch.Tensor:
+        """(B, D) student [CLS] of the unmasked global crop 1.
+
+        Rows that the student's masked forward left unmasked are taken from it (the same input
+        through the same network); only the others run again.
+        """
+        vit, crop1 = self.backbones.student_vision, self.global_crops[0]
+        masks = self._memo.get("student_global_masks")
+        if masks is None:
+            return vit.forward_tokens(crop1)[:, 0]
+        clean = ~masks[: crop1.shape[0]].any(dim=1)  # (B,) rows of crop 1 with no masked patch
+        n_clean = int(clean.sum())
+        if n_clean == 0:
+            return vit.forward_tokens(crop1)[:, 0]
+        reused = self.student_masked_global_tokens()[: crop1.shape[0]][clean, 0]
+        if n_clean == crop1.shape[0]:
+            return reused
+        fresh = vit.forward_tokens(crop1[~clean])[:, 0]
+        rows = torch.cat([clean.nonzero()[:, 0], (~clean).nonzero()[:, 0]])  # batch row of each output row
+        return torch.cat([reused, fresh])[torch.argsort(rows)]
+
     def student_image_embedding(self) -> torch.Tensor:
         """(B, E) normalised CLIP embedding of global crop 1 by the student."""
 
         def compute() -> torch.Tensor:
-            cls = self.backbones.student_vision.forward_tokens(self.global_crops[0])[:, 0]
-            return l2_normalize(self.backbones.image_projection(cls))
+            return l2_normalize(self.backbones.image_projection(self._student_crop1_cls()))
 
         return self.memo("student_image_embedding", compute)
 

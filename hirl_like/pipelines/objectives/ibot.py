@@ -103,13 +103,24 @@ class IBOTObjective(Objective):
         out = head(torch.cat([cls, flat]))
         return out[: cls.shape[0]], out[cls.shape[0]:].reshape(*patches.shape[:-1], out.shape[-1])
 
+    def _masks(self, step: StepCache) -> torch.Tensor:
+        """(G*B, N) block masks of the global crops, drawn once per step (shared through the cache)."""
+
+        def draw() -> torch.Tensor:
+            n_images, vit = len(step.global_crops) * step.batch_size, self.backbones.student_vision
+            masks = generate_block_masks(n_images, vit.grid_size, self.pred_ratio, self.pred_ratio_var, step.rng, self.min_aspect)
+            return masks.to(step.global_crops[0].device)
+
+        return step.student_global_masks(draw)
+
+    def prepare(self, step: StepCache) -> None:
+        self._masks(step)  # drawn before CLIP's forward, so that CLIP can reuse the unmasked rows
+
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         crops = step.global_crops
         vit = self.backbones.student_vision
-        masks = generate_block_masks(
-            len(crops) * step.batch_size, vit.grid_size, self.pred_ratio, self.pred_ratio_var, step.rng, self.min_aspect
-        ).to(crops[0].device)
-        student_tokens = vit.forward_tokens(torch.cat(crops), mask=masks)
+        masks = self._masks(step)
+        student_tokens = step.student_masked_global_tokens()
         # Only masked patches are scored, so the student head runs on those alone: (#masked, K2).
         # The teacher head needs every patch (the patch centre averages all of them).
         student_cls, student_patch = self._heads(student_tokens[:, 0], student_tokens[:, 1:][masks], self.head, self.patch_head)
