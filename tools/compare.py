@@ -42,6 +42,9 @@ COLUMNS: list[tuple[str, str, callable]] = [
 ]
 
 
+REFERENCE_STATUS = "reference"  # status prefix of rows that are not trained methods
+
+
 @dataclass
 class MethodResult:
     label: str
@@ -50,6 +53,11 @@ class MethodResult:
     figures: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     random_init_knn: float | None = None  # eval_knn --compare_random_init: the same ViT untrained
+
+    @property
+    def is_reference(self) -> bool:
+        """A reference row (e.g. random init): shown, never a method, never marked best."""
+        return self.status.startswith(REFERENCE_STATUS)
 
 
 KNN_COLUMN = COLUMNS[0][1]
@@ -133,13 +141,13 @@ def random_init_row(results: list[MethodResult]) -> MethodResult | None:
     """A reference row: k-NN of the first method's ViT at random initialisation, if measured."""
     for r in results:
         if r.random_init_knn is not None:
-            return MethodResult(f"random init ({r.label}'s ViT)", status="reference, not trained",
+            return MethodResult(f"random init ({r.label}'s ViT)", status=f"{REFERENCE_STATUS}, not trained",
                                 figures={KNN_COLUMN: r.random_init_knn})
     return None
 
 
 def write_reports(results: list[MethodResult], columns: list[str], folder: Path, title: str) -> None:
-    trained = [r for r in results if not r.status.startswith("reference")]
+    trained = [r for r in results if not r.is_reference]
     best = {c: max((r.figures[c] for r in trained if c in r.figures), default=None) for c in columns}
     header = ["method", *columns, "train time (s)", "status"]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -184,9 +192,9 @@ def plot(results: list[MethodResult], columns: list[str], path: Path, title: str
     ys = list(range(len(shown)))
     for ax, column in zip(axes.flat, columns):
         values = [r.figures.get(column) for r in shown]
-        trained = [v for r, v in zip(shown, values) if v is not None and not r.status.startswith("reference")]
+        trained = [v for r, v in zip(shown, values) if v is not None and not r.is_reference]
         best = max(trained, default=None)
-        colors = ["0.75" if r.status.startswith("reference") else ("tab:orange" if v == best else "tab:blue")
+        colors = ["0.75" if r.is_reference else ("tab:orange" if v == best else "tab:blue")
                   for r, v in zip(shown, values)]
         ax.barh(ys, [v or 0.0 for v in values], color=colors)
         for y, v in zip(ys, values):

@@ -113,16 +113,11 @@ class StepCache:
         masks = self._memo.get("student_global_masks")
         if masks is None:
             return vit.forward_tokens(crop1)[:, 0]
-        clean = ~masks[: crop1.shape[0]].any(dim=1)  # (B,) rows of crop 1 with no masked patch
-        n_clean = int(clean.sum())
-        if n_clean == 0:
-            return vit.forward_tokens(crop1)[:, 0]
-        reused = self.student_masked_global_tokens()[: crop1.shape[0]][clean, 0]
-        if n_clean == crop1.shape[0]:
-            return reused
-        fresh = vit.forward_tokens(crop1[~clean])[:, 0]
-        rows = torch.cat([clean.nonzero()[:, 0], (~clean).nonzero()[:, 0]])  # batch row of each output row
-        return torch.cat([reused, fresh])[torch.argsort(rows)]
+        cls = self.student_masked_global_tokens()[: crop1.shape[0], 0]
+        masked_rows = masks[: crop1.shape[0]].any(dim=1).nonzero()[:, 0]  # rows of crop 1 with a masked patch
+        if masked_rows.numel() == 0:
+            return cls
+        return cls.index_put((masked_rows,), vit.forward_tokens(crop1[masked_rows])[:, 0])
 
     def student_image_embedding(self) -> torch.Tensor:
         """(B, E) normalised CLIP embedding of global crop 1 by the student."""
