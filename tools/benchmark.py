@@ -4,11 +4,13 @@
 For every batch size (per process) it times full training steps (forward, backward, clipping,
 optimizer step, EMA update) after warm-up on a fixed batch from the config's own data and views,
 and reports the median and spread of the step time, images per second, peak memory (process RSS
-above the idle process on CPU, peak allocated on CUDA), model FLOPs utilisation on CUDA, the
+above the idle process on CPU, peak allocated on CUDA), the matmul FLOPs of one step and the
+model FLOPs utilisation (against a dense matmul measured on the same device and dtype), the
 share of each objective (each timed alone at the largest batch size) and the data loader's own
 throughput for the same views. With ``--vs`` both configs are measured in one run and the ratios
 are printed in the layout of the Harmony paper's Table 6 (memory and time relative to the
-second config at each batch size).
+second config at each batch size), beside the FLOP ratio that bounds the time ratio when both
+steps run at the same utilisation.
 
 Each measurement runs in a fresh subprocess so that peak memory is its own.
 """
@@ -44,6 +46,25 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+
+
+def matmul_peak_tflops(device: "torch.device", dtype: "torch.dtype", size: int, repeats: int = 5) -> float:
+    """Best TFLOP/s of a dense (size x size) @ (size x size) matmul: the reference for FLOPs
+    utilisation. Measured rather than read from a datasheet, so it holds on any device and dtype."""
+    import torch
+
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first call warms up the kernels
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - tic)
+    return 2 * size**3 / best / 1e12
 
 
 def measure(config: str, overrides: list[str], batch_size: int, steps: int, warmup: int, data_batches: int) -> dict:
@@ -111,16 +132,23 @@ def measure(config: str, overrides: list[str], batch_size: int, steps: int, warm
         "step_time_min_s": min(times),
         "images_per_s": batch_size / median,
     }
+    # Peak memory is read before the FLOP-counting step, whose bookkeeping would add to it.
     if device.type == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
-            step(warmup + steps)
-        result["flops_per_step"] = counter.get_total_flops()
-        result["achieved_tflops"] = result["flops_per_step"] / median / 1e12
     else:
         result["peak_memory_mb"] = _rss_mb("VmHWM") - idle_rss
+    # Matmul/convolution/attention FLOPs of one whole step (forward and backward): the work the
+    # method defines, so a time ratio can be read against the FLOP ratio on any device.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(warmup + steps)
+    result["flops_per_step"] = counter.get_total_flops()
+    result["achieved_tflops"] = result["flops_per_step"] / median / 1e12
+    # Model FLOPs utilisation against the measured matmul peak in the step's compute dtype.
+    peak_dtype = dtype if dtype is not None and device.type == "cuda" else torch.float32
+    result["matmul_peak_tflops"] = matmul_peak_tflops(device, peak_dtype, 8192 if device.type == "cuda" else 1024)
+    result["mfu"] = result["achieved_tflops"] / result["matmul_peak_tflops"]
     if data_batches:
         loader = build_train_loader(dataset, batch_size=batch_size, num_workers=int(cfg.num_workers), seed=0, epoch=0)
         it = iter(loader)
@@ -197,13 +225,13 @@ def main() -> int:
 
     for c in configs:
         print(f"\n{c} ({results[c][0]['device']})")
-        print("| batch | step time median (IQR) | images/s | peak memory MiB |" + (" TFLOP/s |" if "achieved_tflops" in results[c][0] else ""))
-        print("|---|---|---|---|" + ("---|" if "achieved_tflops" in results[c][0] else ""))
+        print("| batch | step time median (IQR) | images/s | peak memory MiB | GFLOP/step | TFLOP/s | MFU |")
+        print("|---|---|---|---|---|---|---|")
         for r in results[c]:
-            line = f"| {r['batch_size']} | {fmt(r['step_time_median_s'] * 1e3)} ms ({fmt(r['step_time_iqr_s'] * 1e3)}) | {fmt(r['images_per_s'])} | {fmt(r['peak_memory_mb'])} |"
-            if "achieved_tflops" in r:
-                line += f" {fmt(r['achieved_tflops'])} |"
-            print(line)
+            print(f"| {r['batch_size']} | {fmt(r['step_time_median_s'] * 1e3)} ms ({fmt(r['step_time_iqr_s'] * 1e3)}) | "
+                  f"{fmt(r['images_per_s'])} | {fmt(r['peak_memory_mb'])} | {fmt(r['flops_per_step'] / 1e9)} | "
+                  f"{fmt(r['achieved_tflops'])} | {100 * r['mfu']:.1f}% |")
+        print(f"(MFU: against a measured {fmt(results[c][0]['matmul_peak_tflops'])} TFLOP/s dense matmul on this device)")
         loader = [r for r in results[c] if "loader_images_per_s" in r]
         if loader:
             r = loader[0]
@@ -214,10 +242,11 @@ def main() -> int:
               + ", ".join(f"{n} {100 * s:.0f}%" for n, s in shares.items()))
     if args.vs:
         print(f"\nTable 6 layout: {Path(args.config).stem} relative to {Path(args.vs).stem} (measured in this run)")
-        print("| batch per process | memory | time |")
-        print("|---|---|---|")
+        print("| batch per process | memory | time | FLOPs |")
+        print("|---|---|---|---|")
         for a, b in zip(results[args.config], results[args.vs]):
-            print(f"| {a['batch_size']} | {a['peak_memory_mb'] / b['peak_memory_mb']:.2f}x | {a['step_time_median_s'] / b['step_time_median_s']:.2f}x |")
+            print(f"| {a['batch_size']} | {a['peak_memory_mb'] / b['peak_memory_mb']:.2f}x | "
+                  f"{a['step_time_median_s'] / b['step_time_median_s']:.2f}x | {a['flops_per_step'] / b['flops_per_step']:.2f}x |")
     if args.output:
         Path(args.output).write_text(json.dumps({"results": results, "objective_shares": shares}, indent=1))
     return 0

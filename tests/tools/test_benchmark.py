@@ -27,5 +27,10 @@ def test_benchmark_vs_prints_ratios_and_writes_json(tmp_path):
     data = json.loads(out.read_text())
     harmony = data["results"]["configs/quickstart/harmony_vit_tiny_digits.yaml"][0]
     assert harmony["step_time_median_s"] > 0 and harmony["peak_memory_mb"] > 0 and harmony["loader_images_per_s"] > 0
+    clip = data["results"]["configs/quickstart/clip_vit_tiny_digits.yaml"][0]
+    # Harmony runs CLIP's image and text passes plus iBOT, MAE, MLM and text distillation on top.
+    assert harmony["flops_per_step"] > 2 * clip["flops_per_step"] > 0
+    assert harmony["matmul_peak_tflops"] > 0 and 0 < harmony["mfu"] == harmony["achieved_tflops"] / harmony["matmul_peak_tflops"]
+    assert "| batch per process | memory | time | FLOPs |" in proc.stdout and "MFU" in proc.stdout
     assert set(data["objective_shares"]) == {"clip", "ibot", "mae", "mlm", "text_distill"}
     assert abs(sum(data["objective_shares"].values()) - 1) < 1e-6
