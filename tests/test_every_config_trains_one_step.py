@@ -22,6 +22,7 @@ from hirl_like.engine.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = sorted(p for p in (ROOT / "configs" / "pretrain").rglob("*.yaml") if "_base_" not in p.parts)
 QUICKSTART = sorted((ROOT / "configs" / "quickstart").glob("*.yaml"))
+BENCHMARK = sorted((ROOT / "configs" / "benchmark").glob("*.yaml"))  # digits configs too
 ONE_STEP = ["max_iterations=1", "epochs=1", "batch_size=2", "num_workers=0", "precision=fp32",
             "progress_bar=false", "tensorboard=false"]
 
@@ -45,7 +46,7 @@ def _one_step(path: Path, overrides: list[str]) -> dict:
 
 
 def test_every_config_is_covered():
-    assert len(PRETRAIN) >= 10 and len(QUICKSTART) >= 8
+    assert len(PRETRAIN) >= 10 and len(QUICKSTART) >= 8 and len(BENCHMARK) >= 1
 
 
 @pytest.mark.slow
@@ -62,6 +63,6 @@ def test_pretrain_config_takes_one_full_size_step(path, caption_folder, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", QUICKSTART, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", QUICKSTART + BENCHMARK, ids=lambda p: p.name)
 def test_quickstart_config_takes_one_step(path, tmp_path):
     _one_step(path, [*ONE_STEP, f"output_dir={tmp_path}"])

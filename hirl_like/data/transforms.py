@@ -124,6 +124,10 @@ class MultiCropTransform:
     SimCLR views (SLIP): RandomResizedCrop scale ``simclr_scale`` (bilinear, as SLIP), jitter
     (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, blur p 0.5, flip 0.5.
     Blur radius U(0.1, 2.0) x global_size/224 (see module docstring).
+
+    ``hflip`` and ``color_jitter_p`` (0.5 and 0.8 in the recipe) set the flip and colour-jitter
+    probabilities of the global and local crops; 0 turns them off, e.g. for digits, whose mirror
+    images are not digits and whose jittered backgrounds vary more than the digits themselves.
     """
 
     def __init__(
@@ -138,6 +142,8 @@ class MultiCropTransform:
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         simclr_views: int = 0,
         simclr_scale: Sequence[float] = (0.08, 1.0),
+        hflip: float = 0.5,
+        color_jitter_p: float = 0.8,
     ) -> None:
         self.num_global = _count("global_crops", global_crops)
         self.num_local = _count("local_crops", local_crops)
@@ -154,6 +160,8 @@ class MultiCropTransform:
         self.mean = _stats("mean", mean)
         self.std = _stats("std", std, positive=True)
         self.blur_radius_scale = self.global_size / RECIPE_RESOLUTION
+        self.hflip = _prob("hflip", hflip)
+        self.color_jitter_p = _prob("color_jitter_p", color_jitter_p)
 
         norm = _normalize(self.mean, self.std)
         r = self.blur_radius_scale
@@ -161,8 +169,8 @@ class MultiCropTransform:
         def dino_base(size: int, scale: tuple[float, float]) -> list[Any]:
             return [
                 T.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC),
-                T.RandomHorizontalFlip(p=0.5),
-                T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+                T.RandomHorizontalFlip(p=self.hflip),
+                T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=self.color_jitter_p),
                 T.RandomGrayscale(p=0.2),
             ]
 
@@ -209,7 +217,8 @@ class MultiCropTransform:
         return (
             f"MultiCropTransform(global={self.num_global}x{self.global_size}px {self.global_scale}, "
             f"local={self.num_local}x{self.local_size}px {self.local_scale}, "
-            f"simclr={self.num_simclr}x{self.global_size}px {self.simclr_scale})"
+            f"simclr={self.num_simclr}x{self.global_size}px {self.simclr_scale}, "
+            f"hflip={self.hflip}, color_jitter_p={self.color_jitter_p})"
         )
 
 

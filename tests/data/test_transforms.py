@@ -110,10 +110,25 @@ def test_picklable():
     assert all(torch.equal(x, y) for x, y in zip(views_a, views_b))
 
 
+def test_flip_and_jitter_probabilities_are_settable():
+    """hflip=1 mirrors what hflip=0 gives from the same seed; jitter p=1 changes it, p=0 not."""
+
+    def crop1(**kwargs) -> torch.Tensor:
+        torch.manual_seed(3)
+        return MultiCropTransform(global_crops=1, global_size=32, **kwargs)(image())["global_crops"][0]
+
+    plain = crop1(hflip=0.0, color_jitter_p=0.0)
+    assert torch.allclose(crop1(hflip=1.0, color_jitter_p=0.0), plain.flip(-1), atol=1e-5)
+    assert not torch.allclose(crop1(hflip=0.0, color_jitter_p=1.0), plain, atol=1e-3)
+    assert "hflip=0.0, color_jitter_p=0.0" in repr(MultiCropTransform(hflip=0.0, color_jitter_p=0.0))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"global_crops": 0}, "at least one view"),
+        ({"hflip": 1.5}, "hflip"),
+        ({"color_jitter_p": -0.1}, "color_jitter_p"),
         ({"global_scale": (0.5, 0.2)}, "global_scale"),
         ({"local_scale": (0.0, 0.3)}, "local_scale"),
         ({"mean": (0.5, 0.5)}, "mean"),

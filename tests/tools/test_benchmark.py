@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_benchmark_vs_prints_ratios_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [
-        sys.executable, "tools/benchmark.py", "-c", "configs/quickstart/harmony_vit_tiny_digits.yaml",
+        sys.executable, "tools/benchmark.py", "-c", "configs/benchmark/harmony_vit_tiny_digits_multicrop.yaml",
         "--vs", "configs/quickstart/clip_vit_tiny_digits.yaml", "--batch-sizes", "2", "--steps", "2", "--warmup", "1",
         "--data-batches", "2", "--output", str(out), "pipeline.vision.depth=1", "pipeline.text.layers=1", "num_workers=0",
     ]
@@ -25,7 +25,7 @@ def test_benchmark_vs_prints_ratios_and_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Table 6 layout" in proc.stdout and "share of each objective" in proc.stdout
     data = json.loads(out.read_text())
-    harmony = data["results"]["configs/quickstart/harmony_vit_tiny_digits.yaml"][0]
+    harmony = data["results"]["configs/benchmark/harmony_vit_tiny_digits_multicrop.yaml"][0]
     assert harmony["step_time_median_s"] > 0 and harmony["peak_memory_mb"] > 0 and harmony["loader_images_per_s"] > 0
     clip = data["results"]["configs/quickstart/clip_vit_tiny_digits.yaml"][0]
     # Harmony runs CLIP's image and text passes plus iBOT, MAE, MLM and text distillation on top.
