@@ -45,6 +45,8 @@ def view_invariance(features: Tensor) -> ViewInvariance:
 def backbone_view_features(vit: torch.nn.Module, dataset, images: int, views: int, crop: int = 0) -> Tensor:
     """L2-normalised [CLS] features (views, images, D) of global crop ``crop`` of the first
     ``images`` samples, one view per ``dataset.set_epoch(v)`` (augmentations are seeded by epoch)."""
+    if images < 2 or views < 2:
+        raise ValueError(f"need at least 2 images and 2 views to compare them, got images={images}, views={views}")
     if not hasattr(dataset, "set_epoch"):
         raise ValueError(f"{type(dataset).__name__} has no set_epoch: its views cannot be redrawn")
     if len(dataset) < images:

@@ -52,3 +52,10 @@ def test_a_crop_the_transform_does_not_make_is_a_clear_error():
     cmd = [sys.executable, "tools/view_invariance.py", "-c", "configs/quickstart/clip_vit_tiny_digits.yaml", "--crop", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no global crop 1" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_too_few_images_or_views_is_a_clear_error_before_any_work():
+    from hirl_like.evaluation.view_invariance import backbone_view_features
+
+    with pytest.raises(ValueError, match="at least 2 images and 2 views"):
+        backbone_view_features(torch.nn.Identity(), object(), images=1, views=8)
