@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` (the main job on the embedded digits data) and
-# `make test` (the test suite). Both create .venv and install requirements on first use.
+# `make test` (the test suite). Both create .venv, install the pinned requirements and the
+# package itself (editable) on first use.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,10 +9,11 @@ DEMO_OUT ?= output/quickstart/demo
 
 .PHONY: demo test test-fast venv clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import _bootstrap  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 

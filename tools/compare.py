@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli import config_parser, run_cleanly
+from hirl_like.cli.common import config_parser, run_cleanly
 
 from hirl_like.config import ConfigError, load_config, to_dict
 

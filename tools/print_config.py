@@ -1,19 +1,10 @@
-"""Print the fully resolved config: ``python tools/print_config.py -c FILE [key=value ...]``."""
+"""Print the fully resolved config: ``python tools/print_config.py -c FILE [key=value ...]``.
 
-from __future__ import annotations
+Thin script; the command lives in :mod:`hirl_like.cli.print_config` (also installed as a console script).
+"""
 
-from collections.abc import Sequence
-
-from cli import config_parser, run_cleanly
-
-from hirl_like.config import dump_config, load_config
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = config_parser(__doc__).parse_args(argv)
-    print(dump_config(load_config(args.config, args.overrides)), end="")
-    return 0
-
+from hirl_like.cli.common import run_cleanly
+from hirl_like.cli.print_config import main
 
 if __name__ == "__main__":
     run_cleanly(main)

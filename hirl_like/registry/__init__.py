@@ -5,16 +5,17 @@ Usage::
     @LOSSES.register()            # key is the class name
     class ClipLoss(nn.Module): ...
 
-    @MODELS.register("vit", aliases=("ViT",))
-    def build_vit(...): ...
+    @MODELS.register("tiny_vit", aliases=("TinyViT",))
+    def build_tiny_vit(depth: int = 4) -> nn.Module: ...
 
-    loss = LOSSES.build({"name": "ClipLoss", "cache_labels": True})
+    loss = LOSSES.build({"name": "ClipLoss"})
 
 Errors say what to fix: an unknown name lists the available names and the closest match, an
 unknown argument names the class, its module, its accepted parameters and the closest match,
 and a duplicate says where the first one is defined.
 
-``python -m hirl_like.registry`` prints every entry of every global registry.
+``python -m hirl_like.registry`` (:mod:`hirl_like.registry.__main__`) prints every entry of every
+global registry.
 """
 
 from __future__ import annotations
@@ -238,17 +239,3 @@ def describe_registries(registries: tuple[Registry, ...] = GLOBAL_REGISTRIES) ->
             alias_text = f" [{', '.join(aliases)}]" if aliases else ""
             lines.append(f"  {key}{alias_text} -> {_where(obj)}")
     return "\n".join(lines)
-
-
-def main() -> None:
-    import hirl_like  # noqa: F401  (imports every submodule so that all entries register)
-
-    # Under ``python -m hirl_like.registry`` this file runs as ``__main__``, a second copy of the
-    # module with its own, empty registries; the components registered into ``hirl_like.registry``.
-    from hirl_like import registry
-
-    print(registry.describe_registries(registry.GLOBAL_REGISTRIES))
-
-
-if __name__ == "__main__":
-    main()

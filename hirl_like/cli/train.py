@@ -1,0 +1,39 @@
+"""Pre-train a model: ``python3 launch.py --launch tools/train.py -c CONFIG [key=value ...]``.
+
+Also runs as a plain process (``python tools/train.py -c CONFIG``). Re-running the same command
+resumes from ``<output_dir>/checkpoint.pth``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from hirl_like.cli.common import config_parser, console_entry, run_cleanly
+
+import hirl_like  # noqa: F401  (registers every component)
+from hirl_like.config import load_config
+from hirl_like.engine.dist_setup import cleanup_distributed, init_distributed
+from hirl_like.engine.trainer import Trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = config_parser(__doc__).parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    dist = init_distributed(device=str(cfg.device))
+    try:
+        summary = Trainer(cfg, dist).fit()
+        if dist.rank == 0:
+            final = summary["final"]
+            terms = {k: v for k, v in final.items() if "/" not in k and k not in ("lr", "weight_decay", "grad_norm", "step_time", "ema_momentum")}
+            print(f"done: {summary['iterations']} iterations in {summary['wall_time_s']} s; final {json.dumps(terms)}")
+            print(f"outputs in {cfg.output_dir}")
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+entry = console_entry(main)
+
+if __name__ == "__main__":
+    run_cleanly(main)

@@ -1,8 +1,0 @@
-"""Make ``import hirl_like`` work when a tool is run as ``python tools/x.py`` from anywhere."""
-
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
