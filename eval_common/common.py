@@ -23,6 +23,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 import hirl_like  # noqa: E402,F401
 from hirl_like.config import ConfigError, load_config  # noqa: E402
+from hirl_like.data.build import build_eval_dataset  # noqa: E402,F401  (eval_zeroshot imports it from here)
 from hirl_like.data.loader import build_eval_loader  # noqa: E402
 from hirl_like.distributed import barrier  # noqa: E402
 from hirl_like.engine.dist_setup import DistInfo, cleanup_distributed, init_distributed  # noqa: E402
@@ -33,7 +34,7 @@ from hirl_like.evaluation.checkpoint_loading import (  # noqa: E402
 )
 from hirl_like.evaluation.features import extract_features  # noqa: E402
 from hirl_like.evaluation.report import write_json  # noqa: E402
-from hirl_like.registry import DATASETS, MODELS, RegistryError  # noqa: E402
+from hirl_like.registry import MODELS, RegistryError  # noqa: E402
 
 # Our full training checkpoint keeps the pipeline's state under "model"; the EMA teacher is the
 # backbone evaluations use (as iBOT/DINO), the student when a method has no teacher.
@@ -94,16 +95,6 @@ def load_pretrained_backbone(cfg: DictConfig, args: argparse.Namespace) -> tuple
     load_backbone_strict(model, state)
     source = f"{args.pretrained}" + (f" [{model_prefix or ''}:{backbone_prefix or ''}]" if model_prefix or backbone_prefix else "")
     return model, source
-
-
-def build_eval_dataset(cfg: DictConfig, split: str) -> torch.utils.data.Dataset:
-    """The config's dataset, ``split``, with the deterministic evaluation transform."""
-    from hirl_like.data.transforms import EvalTransform
-
-    data = dict(cfg.data)
-    data["split"] = split
-    size = int(cfg.pipeline.vision.get("img_size", 224))
-    return DATASETS.build(data, transform=EvalTransform(size=size), tokenizer=None)
 
 
 def features_for_split(

@@ -73,7 +73,8 @@ def measure(config: str, overrides: list[str], batch_size: int, steps: int, warm
     from hirl_like.config import load_config
     from hirl_like.data.bad_samples import BAD_KEY
     from hirl_like.data.loader import build_train_loader
-    from hirl_like.engine.trainer import build_dataset, move_to
+    from hirl_like.data.build import build_train_dataset
+    from hirl_like.engine.trainer import move_to
     from hirl_like.engine.optim import build_optimizer
     from hirl_like.registry import PIPELINES
     from hirl_like.schedules import Progress
@@ -85,7 +86,7 @@ def measure(config: str, overrides: list[str], batch_size: int, steps: int, warm
     idle_rss = _rss_mb("VmRSS")
     pipeline = PIPELINES.build(cfg.pipeline).to(device).train()
     needs_text = getattr(pipeline.backbones, "student_text", None) is not None
-    dataset = build_dataset(cfg, needs_text)
+    dataset = build_train_dataset(cfg, needs_text)
     # The first batch of the training loader: works for map-style and streaming (WebDataset) data.
     batch = next(iter(build_train_loader(dataset, batch_size=batch_size, num_workers=0, seed=0, epoch=0)))
     batch.pop(BAD_KEY, None)

@@ -14,7 +14,7 @@ import torch
 from hirl_like.cli.common import config_parser, console_entry, run_cleanly
 
 from hirl_like.config import load_config
-from hirl_like.engine.trainer import build_dataset
+from hirl_like.data.build import build_train_dataset
 from hirl_like.evaluation.view_invariance import backbone_view_features, view_invariance
 from hirl_like.registry import PIPELINES
 
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(int(cfg.seed))
     pipeline = PIPELINES.build(cfg.pipeline).eval()
-    dataset = build_dataset(cfg, False)
+    dataset = build_train_dataset(cfg, False)
     features = backbone_view_features(pipeline.backbones.student_vision, dataset, args.images, args.views, args.crop)
     result = view_invariance(features)
     print(f"{args.config}: {args.images} images x {args.views} views of global crop {args.crop}, "

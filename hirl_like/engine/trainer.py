@@ -23,8 +23,8 @@ from torch import nn
 
 from hirl_like.config import save_config, to_dict
 from hirl_like.data.bad_samples import BAD_KEY, BadSampleTracker
+from hirl_like.data.build import build_train_dataset
 from hirl_like.data.loader import build_train_loader
-from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.distributed import all_gather_no_grad, all_reduce_sum, barrier
 from hirl_like.engine.checkpoint import (
     CHECKPOINT_NAME,
@@ -40,7 +40,7 @@ from hirl_like.engine.dist_setup import DistInfo
 from hirl_like.engine.logger import RunningMeans, TrainLogger
 from hirl_like.engine.optim import build_optimizer
 from hirl_like.pipelines.step_cache import step_seed
-from hirl_like.registry import DATASETS, PIPELINES, TRANSFORMS
+from hirl_like.registry import PIPELINES
 from hirl_like.schedules import Progress
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,13 +63,6 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def build_dataset(cfg: DictConfig, needs_text: bool) -> torch.utils.data.Dataset:
-    transform = TRANSFORMS.build(cfg.transform)
-    context_length = int(cfg.pipeline.get("text", {}).get("context_length", 77)) if cfg.pipeline.get("text") else 77
-    tokenizer = ClipTokenizer(context_length=context_length) if needs_text else None
-    return DATASETS.build(cfg.data, transform=transform, tokenizer=tokenizer, seed=int(cfg.seed))
 
 
 def compile_encoders(pipeline: nn.Module) -> None:
@@ -98,7 +91,7 @@ class Trainer:
         torch.manual_seed(int(cfg.seed))  # model init is identical on every rank
         self.pipeline: nn.Module = PIPELINES.build(cfg.pipeline).to(self.device)
         needs_text = getattr(self.pipeline.backbones, "student_text", None) is not None
-        self.dataset = build_dataset(cfg, needs_text)
+        self.dataset = build_train_dataset(cfg, needs_text)
 
         self.batch_size = int(cfg.batch_size)
         global_batch = self.batch_size * dist.world_size

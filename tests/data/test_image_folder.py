@@ -1,4 +1,3 @@
-import importlib.util
 import os
 from pathlib import Path
 
@@ -8,6 +7,7 @@ from PIL import Image
 
 from hirl_like.config import load_config
 from hirl_like.data.bad_samples import BadSampleTracker
+from hirl_like.data.build import build_eval_dataset
 from hirl_like.data.image_folder import ImageFolderDataset
 from hirl_like.data.transforms import EvalTransform
 from hirl_like.registry import DATASETS
@@ -124,22 +124,13 @@ def test_missing_split_names_the_path_and_both_keys(split_root):
             ImageFolderDataset(root=str(split_root), split=bad)
 
 
-def _eval_common_module():
-    """eval_common/common.py, loaded by path (the scripts import it as a top-level module)."""
-    spec = importlib.util.spec_from_file_location("_eval_common_for_data_tests", ROOT / "eval_common" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluation_builds_each_split_from_a_training_config(split_root, tmp_path):
     """The evaluation scripts set data.split on the training config's data node; ImageFolder takes it."""
     cfg = load_config(ROOT / "configs/quickstart/dino_vit_tiny_digits.yaml", [
         f"output_dir={tmp_path / 'run'}", "data.name=ImageFolder", f"data.root={split_root}", "data.split=train",
         "data.max_bad_fraction=0.5",
     ])
-    common = _eval_common_module()
-    train, val = common.build_eval_dataset(cfg, "train"), common.build_eval_dataset(cfg, "val")
+    train, val = build_eval_dataset(cfg, "train"), build_eval_dataset(cfg, "val")
     assert isinstance(train, ImageFolderDataset) and (len(train), len(val)) == (5, 2)
     assert val[1]["label"] == 1 and val[1]["image"].shape[0] == 3
 
