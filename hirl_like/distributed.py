@@ -23,10 +23,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -72,16 +68,6 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     out = [torch.zeros_like(x) for _ in range(get_world_size())]
     dist.all_gather(out, x.detach().contiguous())
     return torch.cat(out, dim=0)
-
-
-@torch.no_grad()
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over ranks (returns a new tensor; ``x`` is untouched)."""
-    if not is_distributed() or get_world_size() == 1:
-        return x.clone()
-    y = x.detach().clone()
-    dist.all_reduce(y)
-    return y / get_world_size()
 
 
 @torch.no_grad()

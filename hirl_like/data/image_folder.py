@@ -119,7 +119,6 @@ class ImageFolderDataset(ImageCaptionDataset):
                     "the class folders from data.root itself."
                 )
         folders, self.samples = scan_image_folder(self.folder, key)
-        self.folder_names = folders
         self.classnames = tuple(f.replace("_", " ") for f in folders)
         self._targets = [label for _, label in self.samples]
 

@@ -149,8 +149,8 @@ _NORMS = ("bn", "ln")
 class ProjectionMLP(nn.Module):
     """SLIP's SimCLR projection head: ``[Linear, Norm, ReLU]`` per hidden width, then Linear.
 
-    SLIP uses ``hidden_dims=(4096, 4096), out_dim=256`` with BatchNorm (SyncBatchNorm under DDP:
-    the trainer converts BN layers with ``nn.SyncBatchNorm.convert_sync_batchnorm``).
+    SLIP uses ``hidden_dims=(4096, 4096), out_dim=256`` with BatchNorm. Under DDP the BN statistics
+    are each rank's own (no SyncBatchNorm: it runs on GPUs only; see docs/deviations.md).
 
     Args:
         in_dim: input features.

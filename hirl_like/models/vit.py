@@ -129,7 +129,3 @@ class VisionTransformer(TimmVisionTransformer):
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict with exactly timm's keys (no mask token), for ``main_vit_checkpoint.pth``."""
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k != "mask_token"}
-
-    def timm_spec(self) -> dict[str, Any]:
-        """How to rebuild this backbone with timm: ``timm.create_model(name, **kwargs)``."""
-        return {"name": self.timm_name, "kwargs": dict(self.timm_kwargs)}

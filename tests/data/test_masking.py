@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -55,43 +54,43 @@ def test_ratio_validation(ratio, var, match) -> None:
 
 
 # ------------------------------------------------------------------------------------- block masks
-def _naive_block_mask(h: int, w: int, target: int, min_area: int, rng: random.Random, min_aspect: float = 0.3):
-    """Loop version of the BEiT/iBOT algorithm with this project's main-phase minimum-area rule."""
-    lo, hi = math.log(min_aspect), math.log(1 / min_aspect)
-    mask = [[False] * w for _ in range(h)]
-    count = 0
-    while count < target:
-        remaining = target - count
-        delta = 0
-        for _ in range(10):
-            area = rng.uniform(min_area, remaining)
-            aspect = math.exp(rng.uniform(lo, hi))
-            bh, bw = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
-            if bh < h and bw < w and not (remaining >= min_area and bh * bw < min_area):
-                top, left = rng.randint(0, h - bh), rng.randint(0, w - bw)
-                already = sum(mask[i][j] for i in range(top, top + bh) for j in range(left, left + bw))
-                if 0 < bh * bw - already <= remaining:
-                    for i in range(top, top + bh):
-                        for j in range(left, left + bw):
-                            if not mask[i][j]:
-                                mask[i][j] = True
-                                delta += 1
-                    break
-        if delta == 0:
-            break
-        count += delta
-    return torch.tensor(mask)
+class _BlockLog(BlockMaskGenerator):
+    """Records, for every accepted block, the mask before and after it and the patches still to mask."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+    def _add_block(self, mask, max_new, rng):
+        before = mask.clone()
+        new = super()._add_block(mask, max_new, rng)
+        if new:
+            self.steps.append((before, mask.clone(), max_new))
+        return new
 
 
 @pytest.mark.parametrize("grid", [(14, 14), (8, 8), (6, 10)])
-def test_block_mask_matches_naive_loop(grid) -> None:
-    gen = BlockMaskGenerator(grid)
+def test_every_accepted_block_is_one_rectangle_within_the_budget(grid) -> None:
+    """The algorithm's definition, checked from outside: each step ORs one axis-aligned rectangle
+    into the mask (its bounding box of new patches is then fully masked and strictly smaller than
+    the grid), adds at most the patches still to mask, and the mask is the union of those steps."""
     h, w = grid
     for seed in range(40):
+        gen = _BlockLog(grid)
         target = random.Random(1000 + seed).randint(0, h * w // 2)
-        ours = gen(target, random.Random(seed))
-        ref = _naive_block_mask(h, w, target, gen.min_num_patches, random.Random(seed))
-        assert torch.equal(ours, ref), (grid, seed, target)
+        mask = gen(target, random.Random(seed))
+        assert int(mask.sum()) <= target
+        union = torch.zeros(h, w, dtype=torch.bool)
+        for before, after, remaining in gen.steps:
+            added = after & ~before
+            assert torch.equal(after & before, before)  # nothing is ever unmasked
+            assert 0 < int(added.sum()) <= remaining
+            rows, cols = added.any(1).nonzero().flatten(), added.any(0).nonzero().flatten()
+            top, bottom, left, right = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+            assert bottom - top < h and right - left < w
+            assert after[top:bottom, left:right].all()  # the new patches lie in one filled rectangle
+            union |= added
+        assert torch.equal(union, mask)
 
 
 def test_default_min_block_area_and_small_grids() -> None:
