@@ -29,7 +29,7 @@ DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "apt-get install -y dataset-fashion-mnist"
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
-_SPLIT_PREFIX = {"train": "train", "test": "t10k", "val": "t10k"}  # "val" is an alias of "test"
+_SPLIT_PREFIX = {"train": "train", "holdout": "train", "test": "t10k", "val": "t10k"}  # "val" is an alias of "test"
 
 
 def _find_idx_file(root: str, name: str) -> str:
@@ -105,9 +105,12 @@ def stratified_prefix(labels: np.ndarray, limit: int) -> np.ndarray:
 
 @DATASETS.register("FashionMNIST")
 class FashionMNISTDataset(ImageCaptionDataset):
-    """Fashion-MNIST as an image-caption dataset; ``split`` in {"train", "test", "val" (= test)}.
+    """Fashion-MNIST as an image-caption dataset; ``split`` in {"train", "holdout", "test", "val" (= test)}.
 
-    ``limit`` keeps a fixed class-balanced subset of that many samples (fast runs).
+    ``holdout`` (default 0) sets aside the last that many images of the training file as
+    ``split="holdout"``, a validation set carved from training data for choosing
+    hyper-parameters without looking at the test split; ``split="train"`` then reads the rest.
+    ``limit`` keeps a fixed class-balanced subset of that many samples of the split (fast runs).
     """
 
     classnames = FASHION_MNIST_CLASSNAMES
@@ -119,6 +122,7 @@ class FashionMNISTDataset(ImageCaptionDataset):
         split: str = "train",
         image_size: int = 28,
         limit: int | None = None,
+        holdout: int = 0,
         transform: Transform | None = None,
         tokenizer: ClipTokenizer | None = None,
         templates: Sequence[str] | None = None,
@@ -134,6 +138,10 @@ class FashionMNISTDataset(ImageCaptionDataset):
             raise ValueError(f"image_size must be a positive int (pixels), got {image_size!r}")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise ValueError(f"limit must be a positive int or null (all samples), got {limit!r}")
+        if not isinstance(holdout, int) or holdout < 0:
+            raise ValueError(f"holdout must be an int >= 0 (training images set aside), got {holdout!r}")
+        if split == "holdout" and holdout == 0:
+            raise ValueError("FashionMNIST split=holdout needs data.holdout > 0 (how many training images to set aside)")
         self.root = str(root)
         self.split = split
         self.image_size = image_size
@@ -146,6 +154,11 @@ class FashionMNISTDataset(ImageCaptionDataset):
             raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
         if labels.size and labels.max() >= len(self.classnames):
             raise ValueError(f"{labels_path} has label {labels.max()}; Fashion-MNIST labels are 0..9")
+        if holdout and _SPLIT_PREFIX[split] == "train":
+            if holdout >= len(labels):
+                raise ValueError(f"data.holdout={holdout} leaves no training image of {len(labels)}")
+            part = slice(len(labels) - holdout, None) if split == "holdout" else slice(0, len(labels) - holdout)
+            images, labels = images[part], labels[part]
         if limit is not None and limit < len(labels):
             keep = stratified_prefix(labels, limit)
             images, labels = images[keep], labels[keep]

@@ -62,6 +62,20 @@ def test_tiny_idx_roundtrip(tiny_root):
     assert DATASETS.get("FashionMNIST") is FashionMNISTDataset
 
 
+def test_holdout_is_carved_from_the_end_of_the_training_file(tiny_root):
+    root, images, labels = tiny_root
+    train = FashionMNISTDataset(root=root, split="train", holdout=10)
+    held = FashionMNISTDataset(root=root, split="holdout", holdout=10)
+    assert train.targets == labels[:20].tolist() and held.targets == labels[20:].tolist()
+    assert np.array_equal(np.asarray(held.load(0)[0])[..., 0], images[20])
+    assert len(FashionMNISTDataset(root=root, split="test", holdout=10)) == 10  # the test file is untouched
+    assert len(FashionMNISTDataset(root=root, split="train", holdout=10, limit=10)) == 10  # limit within the rest
+    for kwargs, match in (({"split": "holdout"}, "data.holdout > 0"), ({"holdout": 30}, "leaves no training image"),
+                          ({"holdout": -1}, "holdout must be")):
+        with pytest.raises(ValueError, match=match):
+            FashionMNISTDataset(root=root, **kwargs)
+
+
 def test_limit_is_stratified_and_nested(tiny_root):
     root, _, _ = tiny_root
     ds = FashionMNISTDataset(root=root, split="train", limit=20)
@@ -113,7 +127,7 @@ def test_missing_paths(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         FashionMNISTDataset(root=str(tmp_path))  # exists but empty
     assert "train-images-idx3-ubyte" in str(err.value) and "data.root" in str(err.value)
-    with pytest.raises(ValueError, match="train, test, val"):
+    with pytest.raises(ValueError, match="train, holdout, test, val"):
         FashionMNISTDataset(root=str(tmp_path), split="validation")
 
 
