@@ -1,107 +1,14 @@
-"""Image <-> text retrieval recall@1/5/10 on a captioned split (CLIP / COCO protocol).
+"""Image <-> text retrieval recall@k on a captioned split:
 
-    python3 launch.py --launch eval_common/eval_retrieval.py --pretrained OUT/main_vit_checkpoint.pth
+    python3 launch.py --launch eval_common/eval_retrieval.py --pretrained OUT/main_vit_checkpoint.pth [--match class] [--captions_per_image 2]
+    python eval_common/eval_retrieval.py --pretrained OUT/checkpoint.pth [key=value ...]
 
-Each image of ``--test_split`` gets ``--captions_per_image`` captions from the dataset's caption
-generator (caption c of image i is the generator's caption of i in "epoch" c: the template, and
-hence the wording, is drawn per epoch; the named class follows the dataset's caption noise).
-Image -> text: an image is a hit at k when any of its captions is among the k most similar
-texts; text -> image: a caption is a hit when its image is among the k most similar images.
-Ties count against the query. Captions built from class templates repeat across images of a
-class, and identical captions tie, so image -> text recall is bounded by how many images share
-a caption (the JSON records ``distinct_captions``); ``--match class`` scores category-level
-recall instead (a retrieved item is correct when it has the query's class, the class a caption
-names being the one its words say, after caption noise). Writes ``eval_retrieval.json`` beside the
-checkpoint. Every rank extracts its shard of image embeddings; rank 0 encodes the captions.
+Thin script; the command lives in :mod:`hirl_like.cli.eval_retrieval` (also the console script
+``hirl-eval-retrieval``); ``--help`` lists every flag.
 """
 
-from __future__ import annotations
-
-import torch
-
-from common import eval_parser, features_for_split, load_pretrained_backbone, run_script, start, write_report
-from text_model import add_text_arguments, text_tower_from_args
-
-from hirl_like.evaluation.report import format_table
-from hirl_like.evaluation.retrieval import class_retrieval_recall, retrieval_recall
-
-
-def split_captions(dataset, labels: torch.Tensor, per_image: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Captions image-major (text j describes image j // per_image), the (M,) text -> image map and
-    the (M,) class each caption names (the image's class unless caption noise changed it)."""
-    captioner = getattr(dataset, "captioner", None)
-    if captioner is None:
-        raise ValueError(f"{type(dataset).__name__} has no caption generator; retrieval needs a captioned split.")
-    captions = [
-        captioner.caption(i, int(label), epoch) for i, label in enumerate(labels.tolist()) for epoch in range(per_image)
-    ]
-    named = torch.tensor([captioner.noisy_label(i, int(label)) for i, label in enumerate(labels.tolist())])
-    text_to_image = torch.arange(len(labels)).repeat_interleave(per_image)
-    return captions, text_to_image, named.repeat_interleave(per_image)
-
-
-@torch.no_grad()
-def encode_captions(tower, captions: list[str], batch_size: int) -> torch.Tensor:
-    """(M, E) text embeddings on the CPU, ``batch_size`` captions per text-encoder call."""
-    chunks = [
-        tower.encode_text(tower.tokenizer(captions[i : i + batch_size])).cpu()
-        for i in range(0, len(captions), batch_size)
-    ]
-    return torch.cat(chunks)
-
-
-def main() -> int:
-    parser = eval_parser(__doc__)
-    add_text_arguments(parser)
-    parser.add_argument("--captions_per_image", type=int, default=1, help="captions per image (several template draws)")
-    parser.add_argument("--ks", default="1,5,10", help="comma-separated k of recall@k")
-    parser.add_argument("--match", choices=("instance", "class"), default="instance",
-                        help="instance: a caption matches its own image (COCO protocol); class: any item of the "
-                             "query's class matches (for captions written from class templates)")
-    args = parser.parse_args()
-    ks = [int(k) for k in args.ks.split(",") if k]
-    if args.captions_per_image < 1:
-        parser.error("--captions_per_image must be >= 1")
-    if args.text_batch_size < 1:
-        parser.error("--text_batch_size must be >= 1")
-    cfg, dist = start(args)
-    model, source = load_pretrained_backbone(cfg, args)
-    tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
-    tower = tower.to(dist.device)
-    image_x, labels, dataset = features_for_split(
-        model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
-    )
-    if dist.rank == 0:
-        captions, text_to_image, caption_labels = split_captions(dataset, labels, args.captions_per_image)
-        text_x = encode_captions(tower, captions, args.text_batch_size)
-        if args.match == "class":
-            scores = class_retrieval_recall(image_x, labels, text_x, caption_labels, ks=ks)
-        else:
-            scores = retrieval_recall(image_x, text_x, text_to_image, ks=ks)
-        rows = [
-            {"direction": "image->text", **{f"R@{k}": scores[f"i2t_r{k}"] for k in ks}},
-            {"direction": "text->image", **{f"R@{k}": scores[f"t2i_r{k}"] for k in ks}},
-        ]
-        title = (f"{args.match}-level retrieval ({cfg.data.name} {args.test_split}, {len(labels)} images, {len(captions)} captions, "
-                 f"{len(set(captions))} distinct)")
-        print(format_table(rows, ["direction", *[f"R@{k}" for k in ks]], title=title))
-        write_report(args, "retrieval", {
-            "checkpoint": source,
-            "text_checkpoint": text_source,
-            "dataset": str(cfg.data.name),
-            "test_split": args.test_split,
-            "num_images": len(labels),
-            "num_captions": len(captions),
-            "distinct_captions": len(set(captions)),
-            "captions_per_image": args.captions_per_image,
-            "match": args.match,
-            "caption_noise": float(getattr(dataset, "caption_noise", 0.0)),
-            "templates": list(dataset.captioner.templates),
-            "ks": ks,
-            "results": scores,
-        })
-    return 0
-
+from hirl_like.cli.eval_retrieval import main
+from hirl_like.cli.eval_shared import run_eval
 
 if __name__ == "__main__":
-    run_script(main)
+    run_eval(main)

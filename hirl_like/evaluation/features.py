@@ -132,3 +132,24 @@ def extract_features(
         )
     order = torch.argsort(index_t)
     return features[order], label_t[order]
+
+
+def token_features(model: torch.nn.Module, avgpool: bool = False) -> Callable[[Tensor], Tensor]:
+    """Frozen features for the linear probe (DINO's ``eval_linear.py`` with n_last_blocks = 1).
+
+    images (B, 3, H, W) -> CLS (B, D), or with ``avgpool`` [CLS, mean of the patch tokens] (B, 2D),
+    both read from the final (normalised) token sequence of ``model.forward_tokens``. Register
+    tokens, when the ViT has any, are neither CLS nor patches and are left out of the mean.
+    """
+    if not hasattr(model, "forward_tokens"):
+        raise ValueError(f"{type(model).__name__} has no forward_tokens(images) -> (B, 1 + N, D); use a ViT backbone.")
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+
+    def forward(images: Tensor) -> Tensor:
+        tokens = model.forward_tokens(images)  # (B, prefix + N, D), index 0 = CLS
+        cls = tokens[:, 0]
+        if not avgpool:
+            return cls
+        return torch.cat([cls, tokens[:, prefix:].mean(dim=1)], dim=-1)
+
+    return forward

@@ -6,9 +6,9 @@ weights are one stacked tensor W (H, D, C) and biases b (H, C), so one forward
     logits[h] = x @ W[h] + b[h]                     (H, B, C)
 
 serves every head. The loss is the sum over heads of each head's mean cross-entropy; since the
-heads share no parameters, d(sum)/d(W[h]) is exactly head h's own gradient. Each head then takes
-an SGD step (momentum 0.9, dampening 0, as ``torch.optim.SGD``) with its own learning rate
-following a per-iteration cosine schedule lr_h(t) = lr_h * (1 + cos(pi t / T)) / 2.
+heads share no parameters, d(sum)/d(W[h]) is exactly head h's own gradient. Each head is one
+parameter group of ``torch.optim.SGD`` (momentum 0.9, dampening 0) with its own learning rate,
+all following one per-iteration ``CosineAnnealingLR``: lr_h(t) = lr_h * (1 + cos(pi t / T)) / 2.
 
 Model selection never sees the test set: a stratified ``val_fraction`` of the TRAINING set is
 held out, every head is fit on the rest, and the lr with the best held-out top-1 wins (ties go to
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from hirl_like.evaluation.knn import topk_hits
 
@@ -72,40 +72,35 @@ def train_linear_heads(
     """Train H = len(learning_rates) linear heads at once on (N, D) features ``x``, labels ``y``.
 
     Every head starts from the same seeded initialisation and sees the same minibatches, so the
-    learning rate is the only difference between heads. Returns W (H, D, C) and b (H, C).
+    learning rate is the only difference between heads: one ``torch.optim.SGD`` parameter group
+    per head (momentum 0.9, ``weight_decay`` on weights and biases) and one
+    ``CosineAnnealingLR`` over all T iterations, stepped once per minibatch. The global RNG is
+    not used. Returns W (H, D, C) and b (H, C).
     """
     n, d = x.shape
-    h = len(learning_rates)
     gen = torch.Generator().manual_seed(seed)
     w0 = torch.randn(d, num_classes, generator=gen) * INIT_STD
-    weight = w0.expand(h, d, num_classes).clone().to(x.device).requires_grad_(True)
-    bias = torch.zeros(h, num_classes, device=x.device, requires_grad=True)
-    buffers = [torch.zeros_like(weight), torch.zeros_like(bias)]
-    base_lr = torch.tensor(list(learning_rates), dtype=x.dtype, device=x.device)
-
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    step = 0
+    weights = [nn.Parameter(w0.clone().to(x.device)) for _ in learning_rates]  # (D, C) each
+    biases = [nn.Parameter(torch.zeros(num_classes, device=x.device)) for _ in learning_rates]  # (C,) each
+    optimizer = torch.optim.SGD(
+        [{"params": [w, b], "lr": float(lr)} for w, b, lr in zip(weights, biases, learning_rates)],
+        lr=float(learning_rates[0]), momentum=MOMENTUM, weight_decay=weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * math.ceil(n / batch_size))
+    h = len(learning_rates)
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen).to(x.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             xb, yb = x[idx], y[idx]
-            logits = torch.einsum("bd,hdc->hbc", xb, weight) + bias[:, None, :]  # (H, B, C)
+            logits = torch.einsum("bd,hdc->hbc", xb, torch.stack(weights)) + torch.stack(biases)[:, None, :]  # (H, B, C)
             # Sum of per-head means: each head gets exactly its own cross-entropy gradient.
             loss = F.cross_entropy(logits.reshape(-1, num_classes), yb.repeat(h), reduction="sum") / xb.shape[0]
-            weight.grad = bias.grad = None
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))  # (H,)
-            with torch.no_grad():
-                for param, buf in zip((weight, bias), buffers):
-                    grad = param.grad
-                    if weight_decay:
-                        grad = grad + weight_decay * param
-                    buf.mul_(MOMENTUM).add_(grad)  # torch.optim.SGD, dampening=0, nesterov=False
-                    param.sub_(lr.view(-1, *([1] * (param.ndim - 1))) * buf)
-            step += 1
-    return weight.detach(), bias.detach()
+            optimizer.step()
+            schedule.step()
+    return torch.stack(weights).detach(), torch.stack(biases).detach()
 
 
 @torch.no_grad()

@@ -1,13 +1,19 @@
 """The five evaluation scripts end to end on a tiny CLIP run over the digits data.
 
-One module fixture trains the quickstart CLIP config for 3 iterations (a few seconds) in a tmp
-folder; another starts every script run at once as subprocesses (python imports dominate their
-cost, so they overlap well) and the tests read their exit codes, output and JSON. The in-process
-tests cover eval_common/text_model.py and the scripts' caption / prompt helpers.
+One module fixture trains the quickstart CLIP config for 80 iterations (well past random
+initialisation, still under a minute) in a tmp folder; another starts every script run at once
+as subprocesses (python imports dominate their cost, so they overlap well) and the tests read
+their exit codes, output and JSON. Figures are compared with references, never with fixed
+bounds: k-NN, clustering and the linear probe of the trained ViT against the same ViT at random
+initialisation on the same data (``--compare_random_init``), zero-shot and class-level retrieval
+against chance computed from the split's labels, and the full checkpoint against its export.
+The in-process tests cover bad input and the commands' caption / prompt helpers; the export
+round trip itself is tests/evaluation/test_export.py.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import runpy
@@ -21,20 +27,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from hirl_like.cli.eval_retrieval import split_captions
+from hirl_like.cli.eval_zeroshot import class_prompts
+from hirl_like.data.captions import DIGIT_CLASSNAMES, DIGIT_TEMPLATES
+from hirl_like.data.digits import DigitsDataset
+from hirl_like.export import load_text_tower
+
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_DIR = ROOT / "eval_common"
-if str(EVAL_DIR) not in sys.path:  # the scripts import their siblings as top-level modules
-    sys.path.insert(0, str(EVAL_DIR))
-
-from eval_retrieval import split_captions  # noqa: E402
-from eval_zeroshot import class_prompts  # noqa: E402
-from text_model import load_text_tower  # noqa: E402
-
-from hirl_like.data.captions import DIGIT_CLASSNAMES, DIGIT_TEMPLATES  # noqa: E402
-from hirl_like.data.digits import DigitsDataset  # noqa: E402
-
 CONFIG = ROOT / "configs" / "quickstart" / "clip_vit_tiny_digits.yaml"
-FAST_TRAIN = ["max_iterations=3", "epochs=1", "batch_size=32", "num_workers=0", "progress_bar=false", "tensorboard=false"]
+# 80 iterations at a doubled lr: k-NN top-1 ~67% against ~48% at random init (3 iterations left
+# the ViT indistinguishable from its initialisation).
+FAST_TRAIN = ["max_iterations=80", "epochs=4", "batch_size=64", "optimizer.lr=2e-3", "num_workers=0",
+              "progress_bar=false", "tensorboard=false"]
 FAST_EVAL = ["--num_workers", "0", "--batch_size", "512"]
 TIMEOUT_S = 300
 TRAIN_SIZE, TEST_SIZE = 1437, 360  # digits train / val split
@@ -77,11 +82,11 @@ def _script_runs(run_dir: Path, work: Path) -> dict[str, list[str]]:
         return ["--output_dir", str(work / name)]
 
     return {
-        "knn": script("knn", "--pretrained", vit, *out("knn"), launch=True),
+        "knn": script("knn", "--pretrained", vit, "--compare_random_init", *out("knn"), launch=True),
         "knn_full": script("knn", "--pretrained", run_dir / "checkpoint.pth", *out("knn_full")),
-        "clustering": script("clustering", "--pretrained", vit, *out("clustering")),
+        "clustering": script("clustering", "--pretrained", vit, "--compare_random_init", *out("clustering")),
         "linear": script("linear", "--pretrained", vit, "--avgpool", "--epochs", "5", "--lrs", "0.001,0.01,0.1,1",
-                         *out("linear")),
+                         "--compare_random_init", *out("linear")),
         "zeroshot": script("zeroshot", "--pretrained", vit, *out("zeroshot")),
         "retrieval": script("retrieval", "--pretrained", vit, "--captions_per_image", "2", *out("retrieval")),
         "retrieval_class": script("retrieval", "--pretrained", vit, "--captions_per_image", "2", "--match", "class",
@@ -125,6 +130,14 @@ def _in_percent(*values: float) -> None:
         assert 0.0 <= v <= 100.0, values
 
 
+def _chance_top1(split: str = "val") -> float:
+    """Top-1 (%) of always answering the split's most frequent class: the reference of a
+    classifier that learnt nothing about the images."""
+    dataset = DigitsDataset(split=split)
+    labels = torch.tensor([dataset.load(i)[1] for i in range(len(dataset))])
+    return 100.0 * torch.bincount(labels).max().item() / len(labels)
+
+
 # ------------------------------------------------------------------------------------------------
 # end to end
 # ------------------------------------------------------------------------------------------------
@@ -134,32 +147,34 @@ def test_knn_through_launch_py(runs):
     out = _ok(runs["knn"])
     assert out["metric"] == "knn" and out["ks"] == [10, 20, 100, 200] and out["temperature"] == 0.07
     assert (out["train_size"], out["test_size"]) == (TRAIN_SIZE, TEST_SIZE)
-    scores = out["results"]["pretrained"]
-    assert set(scores) == {"10", "20", "100", "200"}
-    for v in scores.values():
+    scores, untrained = out["results"]["pretrained"], out["results"]["random init"]
+    assert set(scores) == set(untrained) == {"10", "20", "100", "200"}
+    for k, v in scores.items():
         _in_percent(v["top1"], v["top5"])
         assert v["top5"] >= v["top1"]
-    assert scores["10"]["top1"] > 20.0  # chance is 10%; even 3 iterations give far more on digits
-    assert "| pretrained |" in runs["knn"].stdout and "eval_knn.json" in runs["knn"].stdout
+        assert v["top1"] > untrained[k]["top1"], k  # training helped, at every k
+    assert "| pretrained " in runs["knn"].stdout and "| random init " in runs["knn"].stdout
+    assert "eval_knn.json" in runs["knn"].stdout
 
 
 def test_full_checkpoint_gives_the_same_knn(runs):
     # CLIP has no EMA teacher: main_vit_checkpoint.pth is the student, which checkpoint.pth holds too.
     full = _ok(runs["knn_full"])
     assert "backbones.student_vision." in full["checkpoint"]
-    assert full["results"] == _ok(runs["knn"])["results"]
+    assert full["results"]["pretrained"] == _ok(runs["knn"])["results"]["pretrained"]
 
 
 def test_clustering(runs):
     out = _ok(runs["clustering"])
     assert out["split"] == "val" and out["size"] == TEST_SIZE
     assert out["num_clusters"] == out["num_classes"] == 10 and out["restarts"] == 5
-    r = out["results"]
-    assert set(r) == {"nmi", "ami", "ari", "acc"}
+    r, untrained = out["results"], out["random_init"]
+    assert set(r) == set(untrained) == {"nmi", "ami", "ari", "acc"}
     _in_percent(r["nmi"], r["acc"])
     assert -100.0 <= r["ari"] <= 100.0 and r["ami"] <= 100.0
-    # The best matching is at least the average matching, which scores N / k: acc >= 100 / k.
-    assert r["acc"] >= 10.0
+    for metric in r:  # the trained ViT's clusters follow the classes better than the untrained one's
+        assert r[metric] > untrained[metric], metric
+    assert "| random init " in runs["clustering"].stdout
 
 
 def test_linear_probe_picks_lr_on_held_out_train(runs):
@@ -172,7 +187,10 @@ def test_linear_probe_picks_lr_on_held_out_train(runs):
     assert set(val) == set(out["learning_rates"])
     assert r["best_lr"] == max(out["learning_rates"], key=lambda lr: val[lr])  # chosen on held-out train data
     _in_percent(r["test_top1"], r["test_top5"], *val.values())
-    assert r["test_top5"] >= r["test_top1"] > 20.0
+    assert r["test_top5"] >= r["test_top1"]
+    untrained = out["random_init"]
+    assert untrained["fit_size"] == r["fit_size"] and set(untrained["val_top1"]) == set(r["val_top1"])
+    assert r["test_top1"] > untrained["test_top1"]  # the same probe on the same ViT untrained
 
 
 def test_zeroshot(runs):
@@ -182,6 +200,7 @@ def test_zeroshot(runs):
     r = out["results"]
     _in_percent(r["top1"], r["top5"])
     assert r["top5"] >= r["top1"]
+    assert r["top1"] > _chance_top1()
 
 
 def test_retrieval(runs):
@@ -202,6 +221,9 @@ def test_class_level_retrieval(runs):
     for key, value in by_class["results"].items():
         assert value >= instance["results"][key], key
     assert by_class["results"]["i2t_r10"] > instance["results"]["i2t_r10"]
+    # A random ranking puts an item of the query's class first about as often as the class occurs.
+    chance = _chance_top1()
+    assert by_class["results"]["i2t_r1"] > chance and by_class["results"]["t2i_r1"] > chance
 
 
 def _run_in_process(script: str, *args: str | Path, monkeypatch) -> int:
@@ -245,6 +267,33 @@ def test_run_without_text_tower_is_a_clear_error(script, run_dir, tmp_path, monk
     assert code == 2 and "has no text tower" in err and "--text_pretrained" in err
 
 
+NAMES = ("knn", "clustering", "linear", "zeroshot", "retrieval")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_console_entry_runs_the_command_cleanly(name, run_dir, tmp_path, monkeypatch, capsys):
+    """``hirl-eval-<name>`` (pyproject.toml) is the same command with the same one-line errors."""
+    entry = importlib.import_module(f"hirl_like.cli.eval_{name}").entry
+    missing = tmp_path / "missing.pth"
+    monkeypatch.setattr(sys, "argv", [f"hirl-eval-{name}", "--pretrained", str(missing), "--config",
+                                      str(run_dir / "config.yaml")])
+    with pytest.raises(SystemExit) as stop:
+        entry()
+    assert stop.value.code == 2
+    assert f"checkpoint file not found: {missing}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_common_scripts_are_thin(name):
+    """The scripts only start the command: no model, no checkpoint parsing, no sys.path edits."""
+    source = (EVAL_DIR / f"eval_{name}.py").read_text()
+    code = [line for line in source.split('"""')[-1].splitlines() if line.strip()]
+    assert code == [f"from hirl_like.cli.eval_{name} import main", "from hirl_like.cli.eval_shared import run_eval",
+                    'if __name__ == "__main__":', "    run_eval(main)"]
+    assert f"eval_common/eval_{name}.py --pretrained" in source  # the usage line
+    assert sorted(p.name for p in EVAL_DIR.glob("*.py")) == sorted(f"eval_{n}.py" for n in NAMES)
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_knn(run_dir, runs, tmp_path):
     cmd = _python(ROOT / "launch.py", "--launch", EVAL_DIR / "eval_knn.py", "--np", "2",
@@ -255,12 +304,12 @@ def test_two_processes_give_the_single_process_knn(run_dir, runs, tmp_path):
     one = _ok(runs["knn"])
     # Every sample gathered exactly once (no padded duplicates) and the same figures.
     assert (two["train_size"], two["test_size"]) == (TRAIN_SIZE, TEST_SIZE)
-    assert two["results"] == one["results"]
+    assert two["results"]["pretrained"] == one["results"]["pretrained"]
     assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports
 
 
 # ------------------------------------------------------------------------------------------------
-# in process: text tower loading and the scripts' helpers
+# in process: the trained run's text tower and the commands' helpers
 # ------------------------------------------------------------------------------------------------
 
 
@@ -275,19 +324,6 @@ def test_text_tower_from_export_equals_the_one_in_the_full_checkpoint(run_dir):
     image = export.encode_image(torch.randn(3, 192))
     assert image.shape == (3, 128) and torch.allclose(image.norm(dim=-1), torch.ones(3))
     assert export.logit_scale == pytest.approx(full.logit_scale)
-
-
-def test_text_tower_is_loaded_strictly(run_dir, tmp_path):
-    payload = torch.load(run_dir / "main_text_checkpoint.pth", weights_only=True)
-    del payload["text"]["ln_final.weight"]
-    payload["text"]["extra.bias"] = torch.zeros(3)
-    torch.save(payload, tmp_path / "broken.pth")
-    with pytest.raises(ValueError, match=r"(?s)missing keys.*ln_final.weight.*unexpected keys.*extra.bias"):
-        load_text_tower(tmp_path / "broken.pth")
-    with pytest.raises(ValueError, match="another run"):
-        load_text_tower(run_dir / "main_text_checkpoint.pth", vision_width=384)
-    with pytest.raises(ValueError, match="not a text checkpoint"):
-        load_text_tower(run_dir / "main_vit_checkpoint.pth")
 
 
 def test_retrieval_captions_are_image_major():

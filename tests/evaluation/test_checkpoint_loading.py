@@ -7,12 +7,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from hirl_like.evaluation import checkpoint_loading
-from hirl_like.evaluation.checkpoint_loading import (
-    describe_checkpoint,
-    extract_state_dict,
-    load_backbone_strict,
-    load_checkpoint_file,
-)
+from hirl_like.evaluation.checkpoint_files import describe_checkpoint, load_checkpoint_file
+from hirl_like.evaluation.checkpoint_loading import extract_state_dict, load_backbone_strict
 
 
 def _vit(seed: int, depth: int = 2, dim: int = 16, num_classes: int = 0) -> VisionTransformer:

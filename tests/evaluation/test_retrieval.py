@@ -47,7 +47,8 @@ def test_matches_reference_on_noisy_and_shuffled_pairs(noise):
         assert out.keys() == ref.keys()
         for key in ref:
             assert out[key] == pytest.approx(ref[key]), key
-    assert retrieval_recall(images, texts, shuffled)["t2i_r1"] < 30.0
+    # Shuffling the pairs breaks the alignment: recall falls from the aligned pairs' value.
+    assert retrieval_recall(images, texts, shuffled)["t2i_r1"] < retrieval_recall(images, texts, t2i)["t2i_r1"]
 
 
 def test_any_caption_counts_for_image_to_text():

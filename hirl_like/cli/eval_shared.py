@@ -1,0 +1,223 @@
+"""What every evaluation command shares: its arguments, the config beside the checkpoint, the
+process group, the models named on the command line, features of a split and the report.
+
+``--pretrained`` is the only required flag when a ``config.yaml`` sits beside the checkpoint:
+architecture, data and tokenizer come from it. ``key=value`` arguments override that config
+(e.g. ``data.name=FashionMNIST``), flags override the rest. Reading checkpoints is
+:mod:`hirl_like.export`'s job; the metrics are :mod:`hirl_like.evaluation`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from hirl_like.cli.common import INPUT_ERRORS
+from hirl_like.config import ConfigError, load_config
+from hirl_like.data.build import build_eval_dataset
+from hirl_like.data.loader import build_eval_loader
+from hirl_like.distributed import barrier
+from hirl_like.engine.dist_setup import DistInfo, cleanup_distributed, init_distributed
+from hirl_like.evaluation.features import extract_features
+from hirl_like.evaluation.report import write_json
+from hirl_like.evaluation.text_tower import TextTower
+from hirl_like.export import (
+    TEXT_EXPORT_NAME,
+    build_vision_backbone,
+    default_text_checkpoint,
+    load_text_tower,
+    load_vision_backbone,
+)
+
+PRETRAINED, RANDOM_INIT = "pretrained", "random init"  # the model labels of tables and JSON
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------
+
+
+def eval_parser(description: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrained", required=True, help="checkpoint: main_vit_checkpoint.pth, checkpoint.pth, a timm/DINO/iBOT state dict")
+    parser.add_argument("--config", default=None, help="training config (default: config.yaml beside the checkpoint)")
+    parser.add_argument("--model_prefix", default=None, help="sub-dictionary of the checkpoint holding the weights (e.g. teacher, model, state_dict)")
+    parser.add_argument("--backbone_prefix", default=None, help="key prefix to strip (e.g. backbone., module.backbone.)")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--output_dir", default=None, help="where eval_<name>.json goes (default: beside the checkpoint)")
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--test_split", default="val")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the training config (e.g. data.name=FashionMNIST)")
+    return parser
+
+
+def add_random_init_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compare_random_init", action="store_true",
+                        help="also evaluate the same architecture at random initialisation (a reference row)")
+
+
+def add_text_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--text_pretrained",
+        default=None,
+        help=f"text tower: {TEXT_EXPORT_NAME} or a full checkpoint.pth (default: {TEXT_EXPORT_NAME} beside --pretrained)",
+    )
+    parser.add_argument("--text_batch_size", type=int, default=256, help="captions per text-encoder call")
+
+
+def parse_ks(parser: argparse.ArgumentParser, text: str, flag: str = "--ks") -> list[int]:
+    """'10,20,100' -> [10, 20, 100]; a parser error for anything else."""
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        parser.error(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,5,10")
+    if not ks or min(ks) < 1:
+        parser.error(f"{flag} {text!r}: expected integers >= 1")
+    return ks
+
+
+# ----------------------------------------------------------------------------------------------
+# Config, process group, models
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_config(args: argparse.Namespace) -> DictConfig:
+    config = Path(args.config) if args.config else Path(args.pretrained).resolve().parent / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(
+            f"no config found at {config}: pass --config with the training config of {args.pretrained} "
+            "(it gives the architecture and the data)."
+        )
+    return load_config(config, args.overrides)
+
+
+def start(args: argparse.Namespace) -> tuple[DictConfig, DistInfo]:
+    """The resolved config (torch seeded with its ``seed``) and this process's place in the job."""
+    if not Path(args.pretrained).exists():  # before the config lookup, so the error names the checkpoint
+        raise FileNotFoundError(f"checkpoint file not found: {args.pretrained} (check --pretrained).")
+    cfg = resolve_config(args)
+    torch.manual_seed(int(cfg.seed))
+    return cfg, init_distributed(device=args.device)
+
+
+def pretrained_backbone(cfg: DictConfig, args: argparse.Namespace) -> tuple[nn.Module, str]:
+    """The ``--pretrained`` ViT, strictly loaded, and a note of what was read."""
+    return load_vision_backbone(args.pretrained, cfg.pipeline.vision, args.model_prefix, args.backbone_prefix)
+
+
+def random_init_backbone(cfg: DictConfig) -> nn.Module:
+    """The same architecture at random initialisation, drawn from ``cfg.seed`` alone (so the
+    reference row does not depend on what was loaded before it); the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        return build_vision_backbone(cfg.pipeline.vision)
+
+
+def backbones_to_evaluate(cfg: DictConfig, args: argparse.Namespace) -> tuple[list[tuple[str, nn.Module]], str]:
+    """[("pretrained", model)] plus ("random init", model) with ``--compare_random_init``; and the source note."""
+    model, source = pretrained_backbone(cfg, args)
+    models = [(PRETRAINED, model)]
+    if getattr(args, "compare_random_init", False):
+        models.append((RANDOM_INIT, random_init_backbone(cfg)))
+    return models, source
+
+
+def text_tower_from_args(args: argparse.Namespace, vision_width: int | None = None) -> tuple[TextTower, str]:
+    """The tower of ``--text_pretrained`` (default: the export beside ``--pretrained``) and its path."""
+    if args.text_pretrained:
+        path = Path(args.text_pretrained)
+        if not path.exists():
+            raise FileNotFoundError(f"text checkpoint not found: {path} (check --text_pretrained).")
+    else:
+        path = default_text_checkpoint(args.pretrained)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no text checkpoint at {path}: the run of {args.pretrained} has no text tower (its method trains no "
+                "text encoder, e.g. iBOT, MAE, DINO), and zero-shot and retrieval need one. Pass --text_pretrained "
+                f"with the {TEXT_EXPORT_NAME} (or checkpoint.pth) of a run with text (CLIP, Harmony, ...)."
+            )
+    return load_text_tower(path, vision_width), str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Features and reports
+# ----------------------------------------------------------------------------------------------
+
+
+def features_for_split(
+    model: nn.Module,
+    cfg: DictConfig,
+    split: str,
+    args: argparse.Namespace,
+    dist: DistInfo,
+    forward: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Any]:
+    """(N, D) float32 features and (N,) labels of one split, in dataset order, on every rank; and the dataset.
+
+    ``forward`` maps images (B, 3, H, W) on ``dist.device`` to (B, D) features; the default is the
+    backbone's CLS feature ``model(x)``. The model is moved to ``dist.device`` first.
+    """
+    dataset = build_eval_dataset(cfg, split)
+    loader = build_eval_loader(dataset, args.batch_size, args.num_workers, rank=dist.rank, world_size=dist.world_size)
+    model = model.to(dist.device)
+    feats, labels = extract_features(forward or (lambda x: model(x)), loader, dist.device)
+    return feats.float().cpu(), labels.cpu(), dataset
+
+
+def num_classes_of(dataset: Any, labels: Tensor) -> int:
+    """The dataset's class count (its class names), else the largest label + 1."""
+    return len(getattr(dataset, "classnames", ()) or ()) or int(labels.max()) + 1
+
+
+def output_path(args: argparse.Namespace, name: str) -> Path:
+    folder = Path(args.output_dir) if args.output_dir else Path(args.pretrained).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"eval_{name}.json"
+
+
+def write_report(args: argparse.Namespace, name: str, payload: dict[str, Any]) -> Path:
+    """Write ``eval_<name>.json`` ({"metric": name, **payload}) and say where (call on rank 0)."""
+    path = output_path(args, name)
+    write_json(path, {"metric": name, **payload})
+    print(f"wrote {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a command
+# ----------------------------------------------------------------------------------------------
+
+
+def run_eval(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run an evaluation's ``main`` and exit. Bad input (config, paths, checkpoints) ends with a
+    one-line error and exit code 2. On success every rank waits for rank 0's report before the
+    process group closes; the group is closed either way."""
+    try:
+        code = main(argv)
+        barrier()
+    except INPUT_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    finally:
+        cleanup_distributed()
+    sys.exit(code or 0)
+
+
+def eval_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[], None]:
+    """A zero-argument ``[project.scripts]`` entry point that runs ``main`` through :func:`run_eval`."""
+
+    def entry() -> None:
+        run_eval(main)
+
+    entry.__doc__ = main.__doc__
+    return entry
