@@ -1,16 +1,17 @@
 """Benchmark training steps: ``python tools/benchmark.py -c CONFIG [key=value ...] [--vs CONFIG2]
 [--batch-sizes 1,8,16,32]``.
 
-For every batch size (per process) it times full training steps (forward, backward, clipping,
-optimizer step, EMA update) after warm-up on a fixed batch from the config's own data and views,
-and reports the median and spread of the step time, images per second, peak memory (process RSS
-above the idle process on CPU, peak allocated on CUDA), the matmul FLOPs of one step and the
-model FLOPs utilisation (against a dense matmul measured on the same device and dtype), the
-share of each objective (each timed alone at the largest batch size) and the data loader's own
-throughput for the same views. With ``--vs`` both configs are measured in one run and the ratios
-are printed in the layout of the Harmony paper's Table 6 (memory and time relative to the
-second config at each batch size), beside the FLOP ratio that bounds the time ratio when both
-steps run at the same utilisation.
+For every batch size (per process) it times full training steps after warm-up, on a fixed batch
+from the config's own data and views. The step is the trainer's own (``TrainStep`` in
+``hirl_like/engine/train_step.py``: schedules, autocast forward, backward, the config's clipping,
+optimizer step, EMA update), so the time is that of training. It reports the median and spread
+of the step time, images per second, peak memory (process RSS above the idle process on CPU,
+peak allocated on CUDA), the matmul FLOPs of one step and the model FLOPs utilisation (against
+a dense matmul measured on the same device and dtype), the share of each objective (each timed
+alone at the largest batch size) and the data loader's own throughput for the same views. With
+``--vs`` both configs are measured in one run and the ratios are printed in the layout of the
+Harmony paper's Table 6 (memory and time relative to the second config at each batch size),
+beside the FLOP ratio that bounds the time ratio when both steps run at the same utilisation.
 
 Each measurement runs in a fresh subprocess so that peak memory is its own.
 """
@@ -66,24 +67,32 @@ def matmul_peak_tflops(device: "torch.device", dtype: "torch.dtype", size: int, 
     return 2 * size**3 / best / 1e12
 
 
-def measure(config: str, overrides: list[str], batch_size: int, steps: int, warmup: int, data_batches: int) -> dict:
+# Schedules of a benchmark step: iteration 200 of 100 per epoch is past every warm-up and frozen
+# first epoch, so every term of every objective is active (the lr value does not change the cost).
+BENCH_ITERS_PER_EPOCH, BENCH_ITERATIONS, BENCH_FIRST_ITERATION = 100, 10_000, 200
+
+
+def prepare_step(config: str, overrides: list[str], batch_size: int):
+    """(train step, batch, progress(i), dataset, cfg): the trainer's own :class:`TrainStep` built from
+    the config (its optimizer, clipping, autocast and scaler) on the first batch of the config's data.
+
+    The pipeline is initialised from ``cfg.seed`` as the trainer does, so one step here and one
+    ``Trainer.train_step`` on the same batch and progress give the same parameters
+    (tests/tools/test_benchmark_step.py).
+    """
     import torch
 
-    import hirl_like  # noqa: F401
     from hirl_like.config import load_config
     from hirl_like.data.bad_samples import BAD_KEY
-    from hirl_like.data.loader import build_train_loader
     from hirl_like.data.build import build_train_dataset
-    from hirl_like.engine.trainer import move_to
-    from hirl_like.engine.optim import build_optimizer
+    from hirl_like.data.loader import build_train_loader
+    from hirl_like.engine.train_step import TrainStep, move_to
     from hirl_like.registry import PIPELINES
     from hirl_like.schedules import Progress
 
     cfg = load_config(config, [*overrides, f"batch_size={batch_size}"])
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    torch.manual_seed(0)
-    _reset_peak_rss()
-    idle_rss = _rss_mb("VmRSS")
+    torch.manual_seed(int(cfg.seed))
     pipeline = PIPELINES.build(cfg.pipeline).to(device).train()
     needs_text = getattr(pipeline.backbones, "student_text", None) is not None
     dataset = build_train_dataset(cfg, needs_text)
@@ -91,24 +100,35 @@ def measure(config: str, overrides: list[str], batch_size: int, steps: int, warm
     batch = next(iter(build_train_loader(dataset, batch_size=batch_size, num_workers=0, seed=0, epoch=0)))
     batch.pop(BAD_KEY, None)
     batch = move_to(batch, device)
-    optimizer, schedule = build_optimizer(cfg.optimizer, pipeline, batch_size, 100, 10_000, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.precision))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    step = TrainStep.from_config(
+        cfg, pipeline, device=device, global_batch=batch_size, iters_per_epoch=BENCH_ITERS_PER_EPOCH,
+        schedule_iterations=BENCH_ITERATIONS,
+    )
+
+    def progress(i: int) -> Progress:
+        return Progress(BENCH_FIRST_ITERATION + i, BENCH_ITERS_PER_EPOCH, BENCH_ITERATIONS, int(cfg.seed))
+
+    return step, batch, progress, dataset, cfg
+
+
+def measure(config: str, overrides: list[str], batch_size: int, steps: int, warmup: int, data_batches: int) -> dict:
+    import torch
+
+    # Imported before the idle RSS is read, so that peak memory counts the step, not the code.
+    import hirl_like.data.build  # noqa: F401
+    import hirl_like.engine.train_step  # noqa: F401
+    import hirl_like.registry  # noqa: F401
+    from hirl_like.data.loader import build_train_loader
+
+    _reset_peak_rss()
+    idle_rss = _rss_mb("VmRSS")
+    train_step, batch, progress, dataset, cfg = prepare_step(config, overrides, batch_size)
+    device, dtype = train_step.device, train_step.autocast_dtype
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def step(i: int) -> None:
-        pipeline.update_schedules(Progress(200 + i, 100, 10_000))  # past warm-ups: every term active
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = pipeline(batch)
-        scaler.scale(out["loss"]).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for p in pipeline.parameters() if p.grad is not None], 3.0)
-        pipeline.before_optimizer_step()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        pipeline.after_optimizer_step()
+        train_step(batch, progress(i))
 
     def sync() -> None:
         if device.type == "cuda":

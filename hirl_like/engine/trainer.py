@@ -1,6 +1,8 @@
 """The training loop (open_clip's shape): per-iteration schedules, autocast forward, one summed
 loss, one backward, gradient clipping over every trainable parameter, optimizer step, EMA update,
-logging; atomic checkpoints that resume exactly; exported backbones.
+logging; atomic checkpoints that resume exactly; exported backbones. The step itself is a
+:class:`~hirl_like.engine.train_step.TrainStep` (also what ``tools/benchmark.py`` times); the loop
+asks it for per-objective gradient norms on the last step of every log window.
 
 Exact resume: the data order is a pure function of (seed, epoch), augmentations of (seed, epoch,
 index), masks of (seed, iteration, rank), and the global torch RNG (drop path) is re-seeded from
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,6 @@ from hirl_like.data.loader import build_train_loader
 from hirl_like.distributed import all_gather_no_grad, all_reduce_sum, barrier
 from hirl_like.engine.checkpoint import (
     CHECKPOINT_NAME,
-    TEXT_EXPORT_NAME,
-    VISION_EXPORT_NAME,
     capture_rng_state,
     load_checkpoint,
     remove_stale_temp_files,
@@ -38,31 +37,14 @@ from hirl_like.engine.checkpoint import (
 )
 from hirl_like.engine.dist_setup import DistInfo
 from hirl_like.engine.logger import RunningMeans, TrainLogger
-from hirl_like.engine.optim import build_optimizer
-from hirl_like.pipelines.step_cache import step_seed
+from hirl_like.engine.train_step import TrainStep
+from hirl_like.export import write_exports
 from hirl_like.registry import PIPELINES
 from hirl_like.schedules import Progress
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-def move_to(batch: Any, device: torch.device) -> Any:
-    """Tensors (also inside lists and dicts) to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device) for v in batch)
-    return batch
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def compile_encoders(pipeline: nn.Module) -> None:
@@ -107,13 +89,11 @@ class Trainer:
             self.total_iterations = min(self.total_iterations, int(cfg.max_iterations))
         self.schedule_iterations = int(cfg.epochs) * self.iters_per_epoch  # schedules span the full run
 
-        self.optimizer, self.opt_schedule = build_optimizer(
-            cfg.optimizer, self.pipeline, global_batch, self.iters_per_epoch, self.schedule_iterations, self.device
+        self.stepper = TrainStep.from_config(
+            cfg, self.pipeline, device=self.device, global_batch=global_batch, iters_per_epoch=self.iters_per_epoch,
+            schedule_iterations=self.schedule_iterations, rank=dist.rank,
         )
-        self.autocast_dtype = PRECISIONS.get(str(cfg.precision))
-        if str(cfg.precision) not in PRECISIONS:
-            raise ValueError(f"precision={cfg.precision!r}; choose one of {sorted(PRECISIONS)}.")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.optimizer, self.opt_schedule, self.scaler = self.stepper.optimizer, self.stepper.schedule, self.stepper.scaler
         self.iteration = 0
         self.bad_steps_total = 0
         self.bad_steps_in_a_row = 0
@@ -121,9 +101,8 @@ class Trainer:
 
         if cfg.compile:
             compile_encoders(self.pipeline)
-        self.model: nn.Module = self.pipeline
         if dist.world_size > 1:
-            self.model = nn.parallel.DistributedDataParallel(
+            self.stepper.model = nn.parallel.DistributedDataParallel(
                 self.pipeline,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(cfg.find_unused_parameters),
@@ -178,65 +157,35 @@ class Trainer:
         if not self.is_main:
             return
         state = self._checkpoint_state(data_state)
-        save_atomic(state, self.output_dir / CHECKPOINT_NAME)
+        # Exports first: a kill before the checkpoint's rename leaves the previous checkpoint,
+        # so the rerun repeats the last steps and writes both again; never a newer checkpoint
+        # beside older exports.
+        write_exports(self.pipeline, self.output_dir)
         if numbered_epoch is not None:
             save_atomic(state, self.output_dir / f"checkpoint{numbered_epoch:04d}.pth")
-        save_atomic(self.pipeline.export_vision().export_state_dict(), self.output_dir / VISION_EXPORT_NAME)
-        text = self.pipeline.export_text()
-        if text is not None:
-            text["tokenizer"] = {"name": "clip_bpe", "context_length": int(text["text_config"].get("context_length", 77))}
-            save_atomic(text, self.output_dir / TEXT_EXPORT_NAME)
+        save_atomic(state, self.output_dir / CHECKPOINT_NAME)
 
     # -- one step ----------------------------------------------------------------------------
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def train_step(self, batch: dict[str, Any], progress: Progress) -> dict[str, float] | None:
-        """One optimisation step; returns the logged scalars, or None when the step was skipped."""
-        lr, wd = self.opt_schedule.apply(self.optimizer, progress.iteration)
-        schedules = self.pipeline.update_schedules(progress)
-        torch.manual_seed(step_seed(progress.seed, progress.iteration, self.dist.rank))  # drop path
-        batch = move_to(batch, self.device)
-        with self._autocast():
-            out = self.model(batch)
-        loss = out["loss"]
-        if not self._all_finite(loss):
-            self._skip_step(out, "loss")
+    def train_step(
+        self, batch: dict[str, Any], progress: Progress, measure_grad_norms: bool = False
+    ) -> dict[str, float] | None:
+        """One optimisation step (:class:`TrainStep`); returns the logged scalars, or None when the
+        step was skipped (counted, logged, and fatal after ``max_bad_steps`` in a row)."""
+        result = self.stepper(batch, progress, measure_grad_norms=measure_grad_norms)
+        if result.skipped is not None:
+            self._skip_step(result.skipped, result.bad_terms)
             return None
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.pipeline.parameters() if p.grad is not None]
-        clip = self.cfg.grad_clip
-        if clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip))
-        else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
-        if not self.scaler.is_enabled() and not self._all_finite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            self._skip_step(out, "gradient")
-            return None
-        self.pipeline.before_optimizer_step()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.pipeline.after_optimizer_step()
         self.bad_steps_in_a_row = 0
-        values = {k: float(v.detach()) for k, v in out.items()}
-        values.update(schedules)
-        values.update({"lr": lr, "weight_decay": wd, "grad_norm": float(grad_norm)})
-        return values
+        return result.values
 
-    def _all_finite(self, value: torch.Tensor) -> bool:
-        bad = torch.tensor(0.0 if torch.isfinite(value.detach()).all() else 1.0, device=self.device)
-        return bool(all_reduce_sum(bad).item() == 0)  # every rank skips together
+    def _measures_grad_norms(self) -> bool:
+        """Per-objective gradient norms on the last step of each log window (the step before a log line)."""
+        done = self.iteration + 1
+        return done % int(self.cfg.log_interval) == 0 or done == self.total_iterations
 
-    def _skip_step(self, out: dict[str, torch.Tensor], where: str) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def _skip_step(self, where: str, bad_terms: list[str]) -> None:
         self.bad_steps_total += 1
         self.bad_steps_in_a_row += 1
-        bad_terms = [k for k, v in out.items() if k != "loss" and not torch.isfinite(v.detach()).all()] or ["loss"]
         message = (
             f"iteration {self.iteration}: non-finite {where} (terms: {', '.join(bad_terms)}); step skipped "
             f"({self.bad_steps_in_a_row} in a row, {self.bad_steps_total} in total)"
@@ -284,7 +233,7 @@ class Trainer:
                 self.bad_samples.update(batch.pop(BAD_KEY, None))  # skipped samples; raises past the limit
                 progress = Progress(self.iteration, self.iters_per_epoch, self.schedule_iterations, int(cfg.seed))
                 tic = time.time()
-                values = self.train_step(batch, progress)
+                values = self.train_step(batch, progress, measure_grad_norms=self._measures_grad_norms())
                 self.iteration += 1
                 if values is not None:
                     images_seen += self.batch_size * self.dist.world_size

@@ -1,6 +1,6 @@
 """The text side of a CLIP-style run, as zero-shot classification and retrieval use it.
 
-Embeddings follow training (``pipelines/step_cache.py``)::
+Embeddings follow training (``pipelines/forwards/text.py``)::
 
     image: normalize(P_img @ cls)            cls = the ViT's CLS feature (B, W), P_img (E, W)
     text:  text_model(tokens) = P_txt @ x_eot  (B, E), normalised by the metric code

@@ -14,6 +14,11 @@ are ignored, so one base config can hold them all.
 
 forward(batch) returns {"loss": sum_k w_k * L_k, "<name>": L_k (unweighted, detached),
 "<name>/<diagnostic>": ...}: the trainer does one backward on "loss" and logs the rest.
+
+Shared forwards: each objective declares the batch views and shared forwards it reads
+(``Objective.views`` / ``requires()``); the pipeline checks them when it is built and gives each
+objective a scoped view of one :class:`StepCache` per step, so a forward that several objectives
+read (the teacher ViT on the global crops, the text teacher, the masked caption) runs once.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
+import hirl_like.pipelines.forwards  # noqa: F401  (registers every shared forward)
 import hirl_like.pipelines.objectives  # noqa: F401  (registers every objective)
 from hirl_like.distributed import get_rank
 from hirl_like.pipelines.backbones import Backbones, ema_update
+from hirl_like.pipelines.forward_table import SHARED_FORWARDS, ForwardKey, forward_key
+from hirl_like.pipelines.objective import Objective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES, PIPELINES, check_arguments
 from hirl_like.schedules import Progress, cosine
@@ -103,6 +111,11 @@ class ComposedPipeline(nn.Module):
             }
         )
         self.backbones.finalize()
+        self.forwards = SHARED_FORWARDS  # tests swap in a table with a reference forward
+        for name, objective in self.objectives.items():
+            for key in self._requirements(objective):
+                self.forwards.check(key, owner=f"objective {name!r} ({type(objective).__name__}.requires())")
+        self._weighted_terms: dict[str, torch.Tensor] = {}
         self.ema_momentum_start = ema_momentum
         self.ema_momentum_end = ema_momentum_end
         self.ema_momentum = ema_momentum
@@ -156,22 +169,66 @@ class ComposedPipeline(nn.Module):
             values.update({f"{name}/{k}": v for k, v in objective.update_schedules(progress).items()})
         return values
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        step = StepCache(self.backbones, batch, self._progress, rank=get_rank())
-        total: torch.Tensor | None = None
-        out: dict[str, torch.Tensor] = {}
-        for objective in self.objectives.values():
-            objective.prepare(step)
+    # -- shared forwards ----------------------------------------------------------------------
+    @staticmethod
+    def _requirements(objective: Objective) -> tuple[ForwardKey, ...]:
+        return tuple(forward_key(k) for k in objective.requires())
+
+    def _scoped(self, step: StepCache, name: str, objective: Objective) -> StepCache:
+        cls = type(objective).__name__
+        fix = f"declare it in {cls}.requires() (shared forwards) or {cls}.views (batch views)"
+        return step.scoped(f"objective {name!r}", self._requirements(objective), objective.views, fix)
+
+    def shared_forwards(self) -> dict[str, list[str]]:
+        """{shared forward name: objectives that read it, directly or through another forward},
+        for every forward this pipeline's objectives may run. A forward listed with several
+        objectives runs once per step for all of them that ask with the same arguments (MLM and
+        text distillation share the masked caption when their ``mask_prob`` agree)."""
+        readers: dict[str, list[str]] = {}
         for name, objective in self.objectives.items():
-            terms = objective(step)
+            for forward in sorted(self.forwards.closure(k.name for k in self._requirements(objective))):
+                readers.setdefault(forward, []).append(name)
+        return dict(sorted(readers.items()))
+
+    def required_views(self) -> set[str]:
+        """Batch views the objectives and their shared forwards may read."""
+        views = {v for objective in self.objectives.values() for v in objective.views}
+        for forward in self.shared_forwards():
+            views.update(self.forwards.get(forward).views)
+        return views
+
+    # -- one step ------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        step = StepCache(self.backbones, batch, self._progress, rank=get_rank(), forwards=self.forwards)
+        scoped = {name: self._scoped(step, name, objective) for name, objective in self.objectives.items()}
+        for name, objective in self.objectives.items():
+            objective.prepare(scoped[name])
+        out: dict[str, torch.Tensor] = {}
+        weighted: dict[str, torch.Tensor] = {}
+        total: torch.Tensor | None = None
+        for name, objective in self.objectives.items():
+            terms = objective(scoped[name])
             term = terms["loss"]
-            weighted = self.weights[name] * term
-            total = weighted if total is None else total + weighted
+            weighted[name] = self.weights[name] * term
+            total = weighted[name] if total is None else total + weighted[name]
             out[name] = term.detach()
             out.update({f"{name}/{k}": v.detach() for k, v in terms.items() if k != "loss"})
-        assert total is not None
+        assert total is not None  # parse_objectives refuses an empty list
         out["loss"] = total
+        # Kept out of the returned dict: DDP would route every returned tensor through its output
+        # hooks, and the trainer only differentiates these (per-objective gradient norms).
+        self._weighted_terms = weighted
         return out
+
+    def take_weighted_terms(self) -> dict[str, torch.Tensor]:
+        """{objective: w_k * L_k} of the last forward, attached to its graph, then forgotten (so the
+        graph is not kept alive past the step). The trainer measures each term's gradient norm."""
+        terms, self._weighted_terms = self._weighted_terms, {}
+        return terms
+
+    def grad_norm_parameters(self) -> list[torch.nn.Parameter]:
+        """The shared student ViT's trainable parameters: where per-objective gradient norms are measured."""
+        return [p for p in self.backbones.student_vision.parameters() if p.requires_grad]
 
     def before_optimizer_step(self) -> None:
         for objective in self.objectives.values():

@@ -1,18 +1,24 @@
 """Base class of a training objective: one registered term of a pipeline's loss.
 
 An objective owns the modules only it uses (heads, decoders, its loss) and reads everything
-shared (students, EMA teachers, their cached forwards) from a :class:`StepCache`. A method is a
-list of objectives in a YAML file; a new objective is a new file registered in ``OBJECTIVES``.
+shared (students, EMA teachers, their forwards) from a :class:`StepCache`. It declares what it
+reads: the batch views (``views``) and the shared forwards (``requires()``, keys of
+:data:`~hirl_like.pipelines.forward_table.SHARED_FORWARDS`); the pipeline checks the keys when it
+is built and hands the objective a cache scoped to exactly those, so every shared forward runs
+once per step for all the objectives that read it. A method is a list of objectives in a YAML
+file; a new objective is a new file registered in ``OBJECTIVES`` (plus, if it shares a new
+forward, a registered forward), never an edit to the cache.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from hirl_like.pipelines.backbones import make_teacher
+from hirl_like.pipelines.forward_table import ForwardKey
 from hirl_like.schedules import Progress, linear
 
 if TYPE_CHECKING:
@@ -21,17 +27,15 @@ if TYPE_CHECKING:
 
 
 class Objective(nn.Module):
-    """Subclasses set the class flags and implement :meth:`forward`.
+    """Subclasses declare what they read and implement :meth:`forward`.
 
-    Class flags say what the objective needs, so that the pipeline builds only that:
-        needs_text: a text student; needs_vision_teacher / needs_text_teacher: EMA teachers;
-        needs_mask_token: the iBOT mask-token path of the student ViT.
+    ``views``: the batch entries the objective reads itself (``step.view``), e.g. MAE's
+    ``global_crops``; views read only inside shared forwards are the forwards' business.
+    The models an objective needs are requested from the backbones in ``__init__``
+    (``backbones.require_text()``, ``require_vision_teacher()``, ...), so a run builds only those.
     """
 
-    needs_text: bool = False
-    needs_vision_teacher: bool = False
-    needs_text_teacher: bool = False
-    needs_mask_token: bool = False
+    views: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbones: "Backbones") -> None:
         super().__init__()
@@ -42,9 +46,16 @@ class Objective(nn.Module):
     def backbones(self) -> "Backbones":
         return self._backbones  # type: ignore[return-value]
 
+    def requires(self) -> tuple[ForwardKey | str, ...]:
+        """The shared forwards this objective may read (``step.get`` / ``peek`` / ``provide``),
+        as keys or plain names; a forward it reads only in some configurations may be listed
+        only then (CLIP's teacher embeddings with ``soft_targets``). Nothing is computed until read."""
+        return ()
+
     def prepare(self, step: "StepCache") -> None:
-        """Called for every objective before any objective's forward: draw what other objectives
-        may reuse (iBOT's masks, which let CLIP reuse the unmasked rows of the masked forward)."""
+        """Called for every objective before any objective's forward: provide what other
+        objectives' forwards may reuse (iBOT's masks, which let CLIP reuse the unmasked rows of the
+        masked forward)."""
 
     def forward(self, step: "StepCache") -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         """Return {"loss": term, other detached diagnostics...}."""

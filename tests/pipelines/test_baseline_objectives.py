@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hirl_like.config import load_config
 from hirl_like.data.masking import random_masking
 from hirl_like.pipelines.composed import ComposedPipeline
+from hirl_like.pipelines.forward_table import SHARED_FORWARDS
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import PIPELINES, RegistryError
 from hirl_like.schedules import Progress
@@ -271,13 +272,12 @@ def test_masked_distill_scores_only_masked_patches():
     center0 = objective.center.clone()
     step = StepCache(bb, batch, progress(25))
     _, mask, _ = random_masking(4, 16, 0.75, StepCache(bb, batch, progress(25)).generator)
-    tokens = step.teacher_global_tokens().clone()
+    tokens = step.get("teacher_global_tokens").clone()
 
     def loss_with(teacher_tokens: torch.Tensor) -> torch.Tensor:
         objective.center.copy_(center0)
-        fresh = StepCache(bb, batch, progress(25))
-        fresh.memo("teacher_global_tokens", lambda: teacher_tokens)
-        return objective(fresh)["loss"].detach()
+        forwards = SHARED_FORWARDS.with_compute("teacher_global_tokens", lambda step: teacher_tokens)
+        return objective(StepCache(bb, batch, progress(25), forwards=forwards))["loss"].detach()
 
     reference = loss_with(tokens)
     noisy_visible = tokens.clone()

@@ -31,7 +31,9 @@ def _check(pipeline: ComposedPipeline, objective, reference) -> None:
     batch, progress = tiny_batch(batch_size=6), Progress(25, 10, 100, seed=3)
     pipeline.update_schedules(progress)
     loss_module = copy.deepcopy(objective.loss)  # same centre before either call
-    fast = objective(StepCache(pipeline.backbones, batch, progress))["loss"]
+    step = StepCache(pipeline.backbones, batch, progress)
+    objective.prepare(step)  # iBOT provides its masks here, as the pipeline does
+    fast = objective(step)["loss"]
     fast.backward()
     fast_grads = _grads(pipeline)
     pipeline.zero_grad(set_to_none=True)
@@ -52,14 +54,14 @@ def test_ibot_student_head_on_masked_patches_only_matches_full_head(ratio, share
     ibot.pred_ratio, ibot.pred_ratio_var = ratio, 0.1 if ratio else 0.0
 
     def reference(step: StepCache, loss) -> torch.Tensor:
-        vit, crops, local = pipeline.backbones.student_vision, step.global_crops, step.local_crops
-        masks = generate_block_masks(len(crops) * step.batch_size, vit.grid_size, ibot.pred_ratio,
+        vit, crops, local = pipeline.backbones.student_vision, step.view("global_crops"), step.view("local_crops")
+        masks = generate_block_masks(len(crops) * crops[0].shape[0], vit.grid_size, ibot.pred_ratio,
                                      ibot.pred_ratio_var, step.rng, ibot.min_aspect)
         tokens = vit.forward_tokens(torch.cat(crops), mask=masks)
         patch_head = ibot.patch_head or ibot.head  # every head on every token
         student_cls = torch.cat([ibot.head(tokens[:, 0]), ibot.head(vit.forward_tokens(torch.cat(local))[:, 0])])
         with torch.no_grad():
-            teacher = step.teacher_global_tokens()
+            teacher = step.get("teacher_global_tokens")
             teacher_cls = ibot.teacher_head(teacher[:, 0])
             teacher_patch = (ibot.teacher_patch_head or ibot.teacher_head)(teacher[:, 1:])
         loss.global_crops, loss.local_crops = len(crops), len(local)
@@ -74,10 +76,10 @@ def test_text_distill_student_head_on_masked_tokens_only_matches_full_head():
     objective = pipeline.objectives["text_distill"]
 
     def reference(step: StepCache, loss) -> torch.Tensor:
-        _, mask = step.masked_text(objective.mask_prob)
-        student = objective.head(step.student_masked_text_tokens(objective.mask_prob))  # every position
+        _, mask = step.get("masked_text", mask_prob=objective.mask_prob)
+        student = objective.head(step.get("student_masked_text_tokens", mask_prob=objective.mask_prob))  # every position
         with torch.no_grad():
-            teacher = objective.teacher_head(step.teacher_text_tokens(causal=False))
-        return loss(student, teacher, mask, step.text_valid_mask(), objective.teacher_temp)["loss"]
+            teacher = objective.teacher_head(step.get("teacher_text_tokens", causal=False))
+        return loss(student, teacher, mask, step.get("text_valid_mask"), objective.teacher_temp)["loss"]
 
     _check(pipeline, objective, reference)

@@ -75,13 +75,17 @@ class ClipObjective(Objective):
         self.hard_weight = cosine(1.0, self.hard_labels_weight_end, progress.iteration, ramp) if self.soft_targets else 1.0
         return {"hard_weight": self.hard_weight, "logit_scale": float(self.logit_scale.detach().exp())}
 
+    def requires(self) -> tuple[str, ...]:
+        soft = ("teacher_image_embedding", "teacher_text_embedding") if self.soft_targets else ()
+        return ("student_image_embedding", "student_text_embedding", *soft)
+
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         teacher_image = teacher_text = None
-        if self.soft_targets and self.hard_weight < 1.0:
-            teacher_image = step.teacher_image_embedding()
-            teacher_text = step.teacher_text_embedding()
+        if self.soft_targets and self.hard_weight < 1.0:  # teachers run only while the soft term counts
+            teacher_image = step.get("teacher_image_embedding")
+            teacher_text = step.get("teacher_text_embedding")
         scale = self.logit_scale.float().exp()
-        args = (step.student_image_embedding(), step.student_text_embedding(), scale)
+        args = (step.get("student_image_embedding"), step.get("student_text_embedding"), scale)
         if self.logit_bias is not None:
             args = (*args, self.logit_bias.float())
         return self.loss(

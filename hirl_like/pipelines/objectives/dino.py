@@ -15,9 +15,10 @@ from hirl_like.registry import OBJECTIVES
 @OBJECTIVES.register("dino")
 class DINOObjective(HeadDistillationObjective):
     """Student: the unmasked global crops + the local crops, CLS tokens through a DINO head.
-    Teacher (EMA ViT + EMA head): the global crops, a forward shared with iBOT / CLIP's soft image
-    targets (``step.teacher_global_tokens()``). Loss: for each teacher view q and student view v != q,
-    ``H(softmax((t_q - c) / T_t), log_softmax(s_v / T_s))``, averaged over pairs (:class:`DINOLoss`).
+    Teacher (EMA ViT + EMA head): the global crops, the shared forward ``teacher_global_tokens``
+    (also iBOT's targets and CLIP's soft image targets). Loss: for each teacher view q and student
+    view v != q, ``H(softmax((t_q - c) / T_t), log_softmax(s_v / T_s))``, averaged over pairs
+    (:class:`DINOLoss`).
 
     Defaults are those of DINO's ``main_dino.py`` (ViT-S/16).
 
@@ -32,6 +33,8 @@ class DINOObjective(HeadDistillationObjective):
         student_temp, center_momentum: 0.1 and 0.9.
         freeze_last_layer: epochs during which the head's last layer gets no update (DINO: 1).
     """
+
+    views = ("global_crops", "local_crops")
 
     def __init__(
         self,
@@ -68,17 +71,19 @@ class DINOObjective(HeadDistillationObjective):
         # The crop counts are set from the batch in forward (they cannot drift from the transform).
         self.loss = DINOLoss(out_dim, 2, 0, student_temp, center_momentum)
 
+    def requires(self) -> tuple[str, ...]:
+        return ("student_global_tokens", "student_local_tokens", "teacher_global_tokens")
+
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
-        crops, local = step.global_crops, step.local_crops
+        crops, local = step.view("global_crops"), step.view("local_crops", default=[])
         if len(crops) + len(local) < 2:
             raise ValueError("dino compares different views: the batch needs at least 2 crops (global + local).")
-        vit = self.backbones.student_vision
         # Views are stacked view-major: rows v*B:(v+1)*B are view v (global crops first).
-        student_cls = vit.forward_tokens(torch.cat(crops))[:, 0]
-        if local:  # a second pass: local crops have another size (position embeddings resampled)
-            student_cls = torch.cat([student_cls, vit.forward_tokens(torch.cat(local))[:, 0]])
+        student_cls = step.get("student_global_tokens")[:, 0]
+        if local:
+            student_cls = torch.cat([student_cls, step.get("student_local_tokens")[:, 0]])
         student_out = self.head(student_cls)
         with torch.no_grad():
-            teacher_out = self.teacher_head(step.teacher_global_tokens()[:, 0])
+            teacher_out = self.teacher_head(step.get("teacher_global_tokens")[:, 0])
         self.loss.global_crops, self.loss.local_crops = len(crops), len(local)
         return self.loss(student_out, teacher_out, self.teacher_temp)

@@ -36,6 +36,8 @@ class IBOTObjective(Objective):
         freeze_last_layer: epochs during which the heads' last layers get no update.
     """
 
+    views = ("global_crops", "local_crops")
+
     def __init__(
         self,
         backbones: Backbones,
@@ -103,33 +105,30 @@ class IBOTObjective(Objective):
         out = head(torch.cat([cls, flat]))
         return out[: cls.shape[0]], out[cls.shape[0]:].reshape(*patches.shape[:-1], out.shape[-1])
 
-    def _masks(self, step: StepCache) -> torch.Tensor:
-        """(G*B, N) block masks of the global crops, drawn once per step (shared through the cache)."""
-
-        def draw() -> torch.Tensor:
-            n_images, vit = len(step.global_crops) * step.batch_size, self.backbones.student_vision
-            masks = generate_block_masks(n_images, vit.grid_size, self.pred_ratio, self.pred_ratio_var, step.rng, self.min_aspect)
-            return masks.to(step.global_crops[0].device)
-
-        return step.student_global_masks(draw)
+    def requires(self) -> tuple[str, ...]:
+        return ("student_global_masks", "student_masked_global_tokens", "student_local_tokens", "teacher_global_tokens")
 
     def prepare(self, step: StepCache) -> None:
-        self._masks(step)  # drawn before CLIP's forward, so that CLIP can reuse the unmasked rows
+        """Draw the (G*B, N) block masks of the global crops from the step's seeded rng and provide
+        them before any forward, so that CLIP can reuse the unmasked rows of the masked forward."""
+        crops, vit = step.view("global_crops"), self.backbones.student_vision
+        n_images = len(crops) * crops[0].shape[0]
+        masks = generate_block_masks(n_images, vit.grid_size, self.pred_ratio, self.pred_ratio_var, step.rng, self.min_aspect)
+        step.provide("student_global_masks", masks.to(crops[0].device))
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
-        crops = step.global_crops
-        vit = self.backbones.student_vision
-        masks = self._masks(step)
-        student_tokens = step.student_masked_global_tokens()
+        crops = step.view("global_crops")
+        masks = step.get("student_global_masks")
+        student_tokens = step.get("student_masked_global_tokens")
         # Only masked patches are scored, so the student head runs on those alone: (#masked, K2).
         # The teacher head needs every patch (the patch centre averages all of them).
         student_cls, student_patch = self._heads(student_tokens[:, 0], student_tokens[:, 1:][masks], self.head, self.patch_head)
-        local = step.local_crops
+        local = step.view("local_crops", default=[])
         if local:
-            local_cls = vit.forward_tokens(torch.cat(local))[:, 0]
+            local_cls = step.get("student_local_tokens")[:, 0]
             student_cls = torch.cat([student_cls, self.head(local_cls)])
         with torch.no_grad():
-            teacher_tokens = step.teacher_global_tokens()
+            teacher_tokens = step.get("teacher_global_tokens")
             teacher_cls, teacher_patch = self._heads(
                 teacher_tokens[:, 0], teacher_tokens[:, 1:], self.teacher_head, self.teacher_patch_head
             )

@@ -27,6 +27,8 @@ class MAEObjective(Objective):
         norm_pix_loss: per-patch normalised targets (MAE's best setting).
     """
 
+    views = ("global_crops",)  # its token-drop forward is its own: no shared forward
+
     def __init__(
         self,
         backbones: Backbones,
@@ -48,7 +50,7 @@ class MAEObjective(Objective):
         self.loss = MAELoss(patch_size=patch, norm_pix_loss=norm_pix_loss)
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
-        crops = step.global_crops
+        crops = step.view("global_crops")
         if len(crops) < self.crops:
             raise ValueError(f"mae.crops={self.crops} but the batch has {len(crops)} global crops; lower mae.crops.")
         images = torch.cat(crops[: self.crops])  # both crops in one encoder/decoder pass

@@ -119,6 +119,8 @@ class MaskedDistillObjective(HeadDistillationObjective):
     Returns ``{"loss", "mask_ratio"}``.
     """
 
+    views = ("global_crops",)
+
     def __init__(
         self,
         backbones: Backbones,
@@ -159,15 +161,18 @@ class MaskedDistillObjective(HeadDistillationObjective):
         self.student_temp = student_temp
         self.center_momentum = center_momentum
 
+    def requires(self) -> tuple[str, ...]:
+        return ("teacher_global_tokens",)
+
     def draw_mask(self, step: StepCache) -> tuple[Tensor, Tensor, Tensor]:
         """(ids_keep (B, K), mask (B, N) bool True = removed, ids_restore (B, N)) from the step's generator."""
         vit = self.backbones.student_vision
-        image = step.global_crops[0]
+        image = step.view("global_crops")[0]
         out = random_masking(image.shape[0], vit.num_patches, self.mask_ratio, step.generator)
         return tuple(t.to(image.device) for t in out)  # type: ignore[return-value]
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
-        image = step.global_crops[0]
+        image = step.view("global_crops")[0]
         b = image.shape[0]
         vit = self.backbones.student_vision
         ids_keep, mask, ids_restore = self.draw_mask(step)
@@ -177,7 +182,7 @@ class MaskedDistillObjective(HeadDistillationObjective):
         # Boolean selection keeps row-major order, so student and teacher rows stay aligned.
         student = self.head(predicted[mask]).view(b, m, -1)
         with torch.no_grad():
-            teacher_patches = step.teacher_global_tokens()[:b, 1:]  # crop 1, unmasked, (B, N, D)
+            teacher_patches = step.get("teacher_global_tokens")[:b, 1:]  # crop 1, unmasked, (B, N, D)
             teacher = self.teacher_head(teacher_patches[mask]).view(b, m, -1)
         scored = torch.ones(b, m, dtype=torch.bool, device=image.device)
         loss = masked_mean_ce(student, teacher, self.center, scored, self.student_temp, self.teacher_temp)

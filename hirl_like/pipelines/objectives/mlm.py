@@ -7,6 +7,7 @@ import torch
 from hirl_like.losses.mlm import MLMLoss
 from hirl_like.models.decoders import MLMDecoder
 from hirl_like.pipelines.backbones import Backbones
+from hirl_like.pipelines.forward_table import ForwardKey, forward_key
 from hirl_like.pipelines.objective import Objective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
@@ -21,6 +22,8 @@ class MLMObjective(Objective):
     Bidirectional by design: the public Harmony code ran MLM through CLIP's causal mask, so a
     masked word saw only its left context, which makes MLM a left-to-right guess.
     """
+
+    views = ("text",)  # the targets: the original ids
 
     def __init__(
         self,
@@ -39,12 +42,17 @@ class MLMObjective(Objective):
         )
         self.loss = MLMLoss()
 
+    def requires(self) -> tuple[ForwardKey, ...]:
+        p = self.mask_prob
+        return (forward_key("masked_text", mask_prob=p), forward_key("student_masked_text_tokens", mask_prob=p),
+                forward_key("text_valid_mask"))
+
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
-        _, mask = step.masked_text(self.mask_prob)
-        features = step.student_masked_text_tokens(self.mask_prob)
+        _, mask = step.get("masked_text", mask_prob=self.mask_prob)
+        features = step.get("student_masked_text_tokens", mask_prob=self.mask_prob)
         # Logits only at the masked positions: (M, V) viewed as M captions of one token each.
-        logits = self.decoder(features, padding_mask=~step.text_valid_mask(), select=mask)
-        targets = step.text[mask]
+        logits = self.decoder(features, padding_mask=~step.get("text_valid_mask"), select=mask)
+        targets = step.view("text")[mask]
         out = self.loss(logits.unsqueeze(1), targets.unsqueeze(1), torch.ones_like(targets, dtype=torch.bool).unsqueeze(1))
         out["masked_tokens"] = mask.sum().detach().float()
         return out

@@ -33,6 +33,8 @@ class SimCLRObjective(Objective):
     Returns ``{"loss", "acc"}`` (``acc``: top-1 of view 1 -> view 2 retrieval, percent).
     """
 
+    views = ("simclr_views",)  # its forward is its own: no shared forward
+
     def __init__(
         self,
         backbones: Backbones,
@@ -46,7 +48,7 @@ class SimCLRObjective(Objective):
         self.loss = SimCLRLoss(temperature=temperature)
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
-        views = list(step.batch.get("simclr_views") or [])
+        views = step.view("simclr_views", default=[])
         if len(views) < 2:
             raise KeyError(
                 f"the simclr objective needs 2 'simclr_views' per sample, the batch has {len(views)}; "

@@ -7,6 +7,7 @@ import torch
 from hirl_like.losses.text_distill import TextDistillLoss
 from hirl_like.models.heads import DINOHead
 from hirl_like.pipelines.backbones import Backbones
+from hirl_like.pipelines.forward_table import ForwardKey, forward_key
 from hirl_like.pipelines.objective import HeadDistillationObjective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
@@ -48,10 +49,15 @@ class TextDistillObjective(HeadDistillationObjective):
         self.loss = TextDistillLoss(out_dim, student_temp, center_momentum)
         self.mask_prob = mask_prob
 
+    def requires(self) -> tuple[ForwardKey, ...]:
+        p = self.mask_prob
+        return (forward_key("masked_text", mask_prob=p), forward_key("student_masked_text_tokens", mask_prob=p),
+                forward_key("teacher_text_tokens", causal=False), forward_key("text_valid_mask"))
+
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
-        _, mask = step.masked_text(self.mask_prob)  # real tokens only, so mask & valid == mask
+        _, mask = step.get("masked_text", mask_prob=self.mask_prob)  # real tokens only, so mask & valid == mask
         # the student head runs only where the loss scores: (#masked, K)
-        student = self.head(step.student_masked_text_tokens(self.mask_prob)[mask])
+        student = self.head(step.get("student_masked_text_tokens", mask_prob=self.mask_prob)[mask])
         with torch.no_grad():
-            teacher = self.teacher_head(step.teacher_text_tokens(causal=False))
-        return self.loss(student, teacher, mask, step.text_valid_mask(), self.teacher_temp)
+            teacher = self.teacher_head(step.get("teacher_text_tokens", causal=False))
+        return self.loss(student, teacher, mask, step.get("text_valid_mask"), self.teacher_temp)

@@ -1,0 +1,3 @@
+"""Shared forwards of the students and EMA teachers, registered into ``SHARED_FORWARDS`` on import."""
+
+from hirl_like.pipelines.forwards import text, vision  # noqa: F401

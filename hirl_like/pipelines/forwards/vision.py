@@ -1,0 +1,88 @@
+"""Shared forwards of the student ViT and its EMA teacher.
+
+Global crops are stacked view-major: rows ``v*B:(v+1)*B`` of a (G*B, ...) tensor are crop v.
+
+The student's forward on the iBOT-masked global crops also serves CLIP: iBOT leaves about half
+the images unmasked (``pred_ratio [0, 0.3]``), and an unmasked row of crop 1 is exactly CLIP's
+input, so CLIP's student image pass runs only on the rows iBOT masked. For that, iBOT provides
+its masks in :meth:`Objective.prepare <hirl_like.pipelines.objective.Objective.prepare>`, before
+any objective's forward, whatever the order of objectives in the config.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hirl_like.pipelines.backbones import l2_normalize
+from hirl_like.pipelines.forward_table import SHARED_FORWARDS
+from hirl_like.pipelines.step_cache import StepCache
+
+SHARED_FORWARDS.declare_provided(
+    "student_global_masks",
+    "(G*B, N) bool patch masks of the student's global crops, True = masked, view-major; "
+    "provided by the masking objective (iBOT) in prepare()",
+)
+
+
+@SHARED_FORWARDS.register("student_masked_global_tokens", views=("global_crops",), uses=("student_global_masks",))
+def student_masked_global_tokens(step: StepCache) -> torch.Tensor:
+    """(G*B, 1+N, D) student tokens of the global crops, the learned mask token in the patches of
+    ``student_global_masks``."""
+    crops = torch.cat(step.view("global_crops"))
+    return step.backbones.student_vision.forward_tokens(crops, mask=step.get("student_global_masks"))
+
+
+@SHARED_FORWARDS.register("student_global_tokens", views=("global_crops",))
+def student_global_tokens(step: StepCache) -> torch.Tensor:
+    """(G*B, 1+N, D) student tokens of the unmasked global crops."""
+    return step.backbones.student_vision.forward_tokens(torch.cat(step.view("global_crops")))
+
+
+@SHARED_FORWARDS.register("student_local_tokens", views=("local_crops",))
+def student_local_tokens(step: StepCache) -> torch.Tensor:
+    """(L*B, 1+n, D) student tokens of the local crops (a pass of its own: another size, so the
+    position embeddings are resampled)."""
+    return step.backbones.student_vision.forward_tokens(torch.cat(step.view("local_crops")))
+
+
+@SHARED_FORWARDS.register(
+    "student_crop1_cls", views=("global_crops",), uses=("student_global_masks", "student_masked_global_tokens")
+)
+def student_crop1_cls(step: StepCache) -> torch.Tensor:
+    """(B, D) student [CLS] of the unmasked global crop 1.
+
+    When an objective provided masks this step, the rows its masked forward left unmasked are
+    taken from that forward (the same input through the same network); only the others run again.
+    """
+    vit, crop1 = step.backbones.student_vision, step.view("global_crops")[0]
+    masks = step.peek("student_global_masks")
+    if masks is None:
+        return vit.forward_tokens(crop1)[:, 0]
+    b = crop1.shape[0]
+    cls = step.get("student_masked_global_tokens")[:b, 0]
+    masked_rows = masks[:b].any(dim=1).nonzero()[:, 0]  # rows of crop 1 with a masked patch
+    if masked_rows.numel() == 0:
+        return cls
+    return cls.index_put((masked_rows,), vit.forward_tokens(crop1[masked_rows])[:, 0])
+
+
+@SHARED_FORWARDS.register("student_image_embedding", uses=("student_crop1_cls",))
+def student_image_embedding(step: StepCache) -> torch.Tensor:
+    """(B, E) L2-normalised CLIP embedding of global crop 1 by the student."""
+    return l2_normalize(step.backbones.image_projection(step.get("student_crop1_cls")))
+
+
+@SHARED_FORWARDS.register("teacher_global_tokens", views=("global_crops",))
+@torch.no_grad()
+def teacher_global_tokens(step: StepCache) -> torch.Tensor:
+    """(G*B, 1+N, D) EMA-teacher tokens of the unmasked global crops, no grad."""
+    return step.backbones.teacher_vision.forward_tokens(torch.cat(step.view("global_crops")))
+
+
+@SHARED_FORWARDS.register("teacher_image_embedding", views=("global_crops",), uses=("teacher_global_tokens",))
+@torch.no_grad()
+def teacher_image_embedding(step: StepCache) -> torch.Tensor:
+    """(B, E) L2-normalised teacher CLIP embedding of global crop 1 (rows of teacher_global_tokens)."""
+    b = step.view("global_crops")[0].shape[0]
+    cls = step.get("teacher_global_tokens")[:b, 0]
+    return l2_normalize(step.backbones.teacher_image_projection(cls))
