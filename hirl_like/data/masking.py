@@ -239,6 +239,18 @@ def num_kept_patches(num_patches: int, mask_ratio: float) -> int:
     return keep
 
 
+def attentive_keep(attention: Tensor, mask_ratio: float) -> Tensor:
+    """(B, N) patch attention -> (B, K) long indices of the K most attended patches of each image,
+    ascending, K = ``num_kept_patches(N, mask_ratio)``: the attentive masking of the image given to
+    CLIP (Yang et al. 2023, cited in Harmony's Appendix D) drops the least attended patches."""
+    if attention.dim() != 2:
+        raise ValueError(f"attention must be (B, N), got shape {tuple(attention.shape)}.")
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio}.")
+    k = num_kept_patches(attention.shape[1], mask_ratio)
+    return attention.topk(k, dim=1).indices.sort(dim=1).values
+
+
 def random_masking(
     batch_size: int,
     num_patches: int,

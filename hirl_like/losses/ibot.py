@@ -12,6 +12,7 @@ from hirl_like.losses.distill_ce import (
     cross_view_ce,
     ema_update_center_,
     masked_mean_ce,
+    teacher_probs,
 )
 from hirl_like.registry import LOSSES
 
@@ -101,7 +102,8 @@ class IBOTLoss(nn.Module):
             student_masks: (G*B, N) bool, True = masked patch.
             teacher_temp / teacher_temp2: teacher temperatures for cls / patch targets.
 
-        Returns: {"loss", "cls", "patch"}; only "loss" carries gradient.
+        Returns: {"loss", "cls", "patch", "cls_target_entropy"} (the last: mean entropy in nats of
+        the centred, sharpened [CLS] targets, ln K when uniform); only "loss" carries gradient.
         """
         g, n_views = self.global_crops, self.global_crops + self.local_crops
         check_views(student_cls, teacher_cls, g, n_views, self.out_dim)
@@ -119,6 +121,9 @@ class IBOTLoss(nn.Module):
             student_patch, teacher_patch, self.center2, student_masks, self.student_temp, teacher_temp2
         )
         loss = self.lambda1 * cls + self.lambda2 * patch
+        with torch.no_grad():  # how peaked the [CLS] targets are: ln K when they are uniform (collapse)
+            p_t = teacher_probs(teacher_cls, self.center, teacher_temp)
+            target_entropy = -(p_t * torch.log(p_t.clamp_min(1e-12))).sum(dim=-1).mean()
         ema_update_center_(self.center, teacher_cls, self.center_momentum)
         ema_update_center_(self.center2, teacher_patch, self.center_momentum2)
-        return {"loss": loss, "cls": cls.detach(), "patch": patch.detach()}
+        return {"loss": loss, "cls": cls.detach(), "patch": patch.detach(), "cls_target_entropy": target_entropy}

@@ -122,6 +122,22 @@ class VisionTransformer(TimmVisionTransformer):
         x = self.blocks(x)
         return self.norm(x)
 
+    @torch.no_grad()
+    def cls_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N): the last block's attention of [CLS] to each patch, averaged over
+        heads (rows sum to 1 minus the [CLS]->[CLS] weight). No grad. The fused attention keeps no
+        weights, so the last block's query-key product is recomputed here from its input."""
+        x = self.norm_pre(self._pos_embed(self.patch_embed(images)))
+        for block in self.blocks[:-1]:
+            x = block(x)
+        last = self.blocks[-1]
+        attn = last.attn
+        b, t, _ = x.shape
+        qkv = attn.qkv(last.norm1(x)).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, T)
+        return weights[:, :, 0, 1:].mean(dim=1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) CLS features (what evaluation uses)."""
         return self.forward_tokens(images)[:, 0]

@@ -19,7 +19,7 @@ from torch import nn
 
 from hirl_like.pipelines.backbones import make_teacher
 from hirl_like.pipelines.forward_table import ForwardKey
-from hirl_like.schedules import Progress, linear
+from hirl_like.schedules import Progress, Span, check_span, linear
 
 if TYPE_CHECKING:
     from hirl_like.pipelines.backbones import Backbones
@@ -81,8 +81,9 @@ class HeadDistillationObjective(Objective):
     """An objective whose student head is distilled from an EMA copy (DINO, masked distillation,
     text self-distillation): the teacher head, its EMA pairing, the teacher-temperature warm-up
     (linear from ``warmup_teacher_temp`` to ``teacher_temp`` over ``warmup_teacher_temp_epochs``,
-    per iteration) and the optional frozen last layer of the first ``freeze_last_layer`` epochs
-    (DINO's ``cancel_gradients_last_layer``).
+    per iteration) and the optional frozen last layer over the first ``freeze_last_layer`` (DINO's
+    ``cancel_gradients_last_layer``). Both lengths are a :data:`~hirl_like.schedules.Span`:
+    epochs, or a share of the run such as ``"40%"``.
     """
 
     def setup_distillation(
@@ -90,25 +91,25 @@ class HeadDistillationObjective(Objective):
         head: nn.Module,
         warmup_teacher_temp: float,
         teacher_temp: float,
-        warmup_teacher_temp_epochs: float,
-        freeze_last_layer: float = 0.0,
+        warmup_teacher_temp_epochs: Span,
+        freeze_last_layer: Span = 0.0,
     ) -> None:
         self.head = head
         self.teacher_head = make_teacher(head)
         self.temps = (warmup_teacher_temp, teacher_temp)
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.freeze_last_layer = freeze_last_layer
+        self.warmup_teacher_temp_epochs = check_span(warmup_teacher_temp_epochs, "warmup_teacher_temp_epochs")
+        self.freeze_last_layer = check_span(freeze_last_layer, "freeze_last_layer")
         self.teacher_temp = warmup_teacher_temp
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.head, self.teacher_head)]
 
     def update_schedules(self, progress: Progress) -> dict[str, float]:
-        warm = self.warmup_teacher_temp_epochs * progress.iters_per_epoch
+        warm = progress.iterations(self.warmup_teacher_temp_epochs)
         self.teacher_temp = linear(*self.temps, progress.iteration, warm)
         return {"teacher_temp": self.teacher_temp}
 
     def before_optimizer_step(self, progress: Progress) -> None:
-        if progress.epoch < self.freeze_last_layer:
+        if progress.iteration < progress.iterations(self.freeze_last_layer):
             for p in self.head.last_layer.parameters():
                 p.grad = None

@@ -97,3 +97,21 @@ def test_wrong_view_count_is_rejected():
     loss_fn = IBOTLoss(out_dim=5, patch_out_dim=6, local_crops=2)
     with pytest.raises(ValueError, match="views"):
         loss_fn(s_cls, s_patch, t_cls, t_patch, masks, 0.04, 0.04)
+
+
+def test_cls_target_entropy_is_the_mean_entropy_of_the_centred_targets():
+    loss_fn = IBOTLoss(out_dim=5, patch_out_dim=6, global_crops=2, local_crops=1)
+    for step in range(2):  # the second step's targets use the centre updated by the first
+        s_cls, s_patch, t_cls, t_patch, masks = _inputs(seed=step)
+        c = loss_fn.center.clone()
+        out = loss_fn(s_cls, s_patch, t_cls, t_patch, masks, teacher_temp=0.04, teacher_temp2=0.06)
+        entropies = []
+        for r in range(t_cls.shape[0]):
+            p = softmax([(t_cls[r, k] - c[0, k]) / 0.04 for k in range(5)])
+            entropies.append(-sum(float(x) * math.log(float(x)) for x in p if float(x) > 0))
+        assert float(out["cls_target_entropy"]) == pytest.approx(sum(entropies) / len(entropies), rel=1e-4, abs=1e-6)
+    # identical teacher rows equal to the centre give uniform targets: ln K
+    uniform = IBOTLoss(out_dim=5, patch_out_dim=6, global_crops=2, local_crops=0)
+    s_cls, s_patch, _, t_patch, masks = _inputs(loc=0)
+    out = uniform(s_cls, s_patch, torch.zeros(4, 5), t_patch, masks, teacher_temp=0.04, teacher_temp2=0.06)
+    assert float(out["cls_target_entropy"]) == pytest.approx(math.log(5), rel=1e-6)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from hirl_like.data.masking import attentive_keep, random_masking
 from hirl_like.pipelines.backbones import l2_normalize
 from hirl_like.pipelines.forward_table import SHARED_FORWARDS
 from hirl_like.pipelines.step_cache import StepCache
@@ -86,3 +87,38 @@ def teacher_image_embedding(step: StepCache) -> torch.Tensor:
     b = step.view("global_crops")[0].shape[0]
     cls = step.get("teacher_global_tokens")[:b, 0]
     return l2_normalize(step.backbones.teacher_image_projection(cls))
+
+
+# -- the image given to CLIP with patches dropped (Harmony Appendix D) ---------------------------
+IMAGE_MASKS = ("none", "random", "attentive")
+
+
+@SHARED_FORWARDS.register("teacher_crop1_cls_attention", views=("global_crops",))
+@torch.no_grad()
+def teacher_crop1_cls_attention(step: StepCache) -> torch.Tensor:
+    """(B, N) the EMA teacher's last-block [CLS] attention to each patch of global crop 1."""
+    return step.backbones.teacher_vision.cls_attention(step.view("global_crops")[0])
+
+
+@SHARED_FORWARDS.register("clip_image_keep_ids", views=("global_crops",), uses=("teacher_crop1_cls_attention",))
+def clip_image_keep_ids(step: StepCache, mode: str, ratio: float) -> torch.Tensor:
+    """(B, K) long: the patches of global crop 1 CLIP's student keeps when a share ``ratio`` is
+    dropped; ``random`` per image from the step's generator, ``attentive`` the K patches the
+    teacher's [CLS] attends to most."""
+    crop1 = step.view("global_crops")[0]
+    if mode == "attentive":
+        return attentive_keep(step.get("teacher_crop1_cls_attention"), ratio)
+    if mode == "random":
+        ids_keep, _, _ = random_masking(crop1.shape[0], step.backbones.student_vision.num_patches, ratio, step.generator)
+        return ids_keep.to(crop1.device)
+    raise ValueError(f"clip.image_mask must be one of {', '.join(IMAGE_MASKS)}, got {mode!r}.")
+
+
+@SHARED_FORWARDS.register("student_masked_image_embedding", views=("global_crops",), uses=("clip_image_keep_ids",))
+def student_masked_image_embedding(step: StepCache, mode: str, ratio: float) -> torch.Tensor:
+    """(B, E) L2-normalised student CLIP embedding of global crop 1 with only the kept patches
+    through the encoder (FLIP-style token drop: the saving of masking the CLIP image)."""
+    crop1 = step.view("global_crops")[0]
+    ids_keep = step.get("clip_image_keep_ids", mode=mode, ratio=ratio)
+    cls = step.backbones.student_vision.forward_tokens(crop1, ids_keep=ids_keep)[:, 0]
+    return l2_normalize(step.backbones.image_projection(cls))

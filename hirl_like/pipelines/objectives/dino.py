@@ -10,6 +10,7 @@ from hirl_like.pipelines.backbones import Backbones
 from hirl_like.pipelines.objective import HeadDistillationObjective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
+from hirl_like.schedules import Span, check_span
 
 
 @OBJECTIVES.register("dino")
@@ -47,20 +48,17 @@ class DINOObjective(HeadDistillationObjective):
         norm_last_layer: bool = True,
         teacher_temp: float = 0.04,
         warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_epochs: float = 0.0,
+        warmup_teacher_temp_epochs: Span = 0.0,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
-        freeze_last_layer: float = 1.0,
+        freeze_last_layer: Span = 1.0,
     ) -> None:
         super().__init__(backbones)
         for name, value in (("teacher_temp", teacher_temp), ("warmup_teacher_temp", warmup_teacher_temp)):
             if not value > 0:
                 raise ValueError(f"dino.{name} must be > 0, got {value}.")
-        if warmup_teacher_temp_epochs < 0 or freeze_last_layer < 0:
-            raise ValueError(
-                f"dino.warmup_teacher_temp_epochs and dino.freeze_last_layer must be >= 0 epochs, got "
-                f"{warmup_teacher_temp_epochs} and {freeze_last_layer}."
-            )
+        check_span(warmup_teacher_temp_epochs, "dino.warmup_teacher_temp_epochs")
+        check_span(freeze_last_layer, "dino.freeze_last_layer")
         backbones.require_vision_teacher()
         dim = backbones.student_vision.embed_dim
         head = DINOHead(

@@ -13,7 +13,7 @@ from hirl_like.pipelines.backbones import Backbones, make_teacher
 from hirl_like.pipelines.objective import Objective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
-from hirl_like.schedules import Progress, linear
+from hirl_like.schedules import Progress, Span, check_span, linear
 
 
 @OBJECTIVES.register("ibot")
@@ -30,10 +30,11 @@ class IBOTObjective(Objective):
             global crop is unmasked or masked at U(0.1, 0.5)). min_aspect: block aspect bound.
         teacher_temp / warmup_teacher_temp: CLS teacher temperature and its start value.
         teacher_patch_temp / warmup_teacher_patch_temp: patch teacher temperature (0.04 -> 0.07).
-        warmup_teacher_temp_epochs: linear warm-up of both temperatures, per iteration.
+        warmup_teacher_temp_epochs: linear warm-up of both temperatures, per iteration; epochs or a
+            share of the run ("40%"), as every schedule length here.
         student_temp, center_momentum: 0.1 and 0.9.
         lambda1 / lambda2: CLS / patch weights (Harmony eq. 9: 0.5 / 0.5; iBOT alone: 1 / 1).
-        freeze_last_layer: epochs during which the heads' last layers get no update.
+        freeze_last_layer: how long (epochs or share of the run) the heads' last layers get no update.
     """
 
     views = ("global_crops", "local_crops")
@@ -55,12 +56,12 @@ class IBOTObjective(Objective):
         warmup_teacher_temp: float = 0.04,
         teacher_patch_temp: float = 0.07,
         warmup_teacher_patch_temp: float = 0.04,
-        warmup_teacher_temp_epochs: float = 3.0,
+        warmup_teacher_temp_epochs: Span = 3.0,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
         lambda1: float = 0.5,
         lambda2: float = 0.5,
-        freeze_last_layer: float = 1.0,
+        freeze_last_layer: Span = 1.0,
     ) -> None:
         super().__init__(backbones)
         if shared_head and out_dim != patch_out_dim:
@@ -79,8 +80,8 @@ class IBOTObjective(Objective):
         self.loss = IBOTLoss(out_dim, patch_out_dim, 2, 0, student_temp, center_momentum, center_momentum, lambda1, lambda2)
         self.pred_ratio, self.pred_ratio_var, self.min_aspect = pred_ratio, pred_ratio_var, min_aspect
         self.temps = (warmup_teacher_temp, teacher_temp, warmup_teacher_patch_temp, teacher_patch_temp)
-        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
-        self.freeze_last_layer = freeze_last_layer
+        self.warmup_teacher_temp_epochs = check_span(warmup_teacher_temp_epochs, "ibot.warmup_teacher_temp_epochs")
+        self.freeze_last_layer = check_span(freeze_last_layer, "ibot.freeze_last_layer")
         self.teacher_temp, self.teacher_patch_temp = warmup_teacher_temp, warmup_teacher_patch_temp
 
     def ema_pairs(self):
@@ -90,7 +91,7 @@ class IBOTObjective(Objective):
         return pairs
 
     def update_schedules(self, progress: Progress) -> dict[str, float]:
-        warm = self.warmup_teacher_temp_epochs * progress.iters_per_epoch
+        warm = progress.iterations(self.warmup_teacher_temp_epochs)
         cls_start, cls_end, patch_start, patch_end = self.temps
         self.teacher_temp = linear(cls_start, cls_end, progress.iteration, warm)
         self.teacher_patch_temp = linear(patch_start, patch_end, progress.iteration, warm)
@@ -139,7 +140,7 @@ class IBOTObjective(Objective):
         return out
 
     def before_optimizer_step(self, progress: Progress) -> None:
-        if progress.epoch < self.freeze_last_layer:  # iBOT's cancel_gradients_last_layer
+        if progress.iteration < progress.iterations(self.freeze_last_layer):  # iBOT's cancel_gradients_last_layer
             for head in (self.head, self.patch_head):
                 if head is not None:
                     for p in head.last_layer.parameters():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from hirl_like.data.masking import random_masking
@@ -11,6 +13,7 @@ from hirl_like.pipelines.backbones import Backbones
 from hirl_like.pipelines.objective import Objective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
+from hirl_like.schedules import Progress, linear
 
 
 @OBJECTIVES.register("mae")
@@ -21,6 +24,9 @@ class MAEObjective(Objective):
 
     Args:
         mask_ratio: fraction of patches removed per image (0.75).
+        mask_ratio_schedule: ``[start, end]``: the ratio goes linearly from start to end over the
+            whole run, per iteration, instead of staying at ``mask_ratio`` (Harmony Appendix D's
+            mask-ratio scheduler); null keeps it fixed.
         crops: how many global crops to reconstruct; Harmony reconstructs both and adds the two
             losses (Appendix D.2), so the term is ``crops`` x the mean per-crop loss.
         decoder_dim / decoder_depth / decoder_heads: 512 / 8 / 16 (MAE).
@@ -33,6 +39,7 @@ class MAEObjective(Objective):
         self,
         backbones: Backbones,
         mask_ratio: float = 0.75,
+        mask_ratio_schedule: Sequence[float] | None = None,
         crops: int = 2,
         decoder_dim: int = 512,
         decoder_depth: int = 8,
@@ -44,10 +51,21 @@ class MAEObjective(Objective):
             raise ValueError(f"mae.crops must be >= 1, got {crops}.")
         vit = backbones.student_vision
         patch = vit.patch_embed.patch_size[0]
+        for ratio in (mask_ratio, *(mask_ratio_schedule or ())):
+            if not 0.0 <= ratio < 1.0:
+                raise ValueError(f"mae mask ratios must lie in [0, 1), got {ratio} (mask_ratio / mask_ratio_schedule).")
+        if mask_ratio_schedule is not None and len(mask_ratio_schedule) != 2:
+            raise ValueError(f"mae.mask_ratio_schedule is [start, end], got {list(mask_ratio_schedule)}.")
         self.mask_ratio = mask_ratio
+        self.mask_ratio_schedule = None if mask_ratio_schedule is None else tuple(map(float, mask_ratio_schedule))
         self.crops = crops
         self.decoder = MAEDecoder(vit.grid_size, vit.embed_dim, patch, 3, decoder_dim, decoder_depth, decoder_heads)
         self.loss = MAELoss(patch_size=patch, norm_pix_loss=norm_pix_loss)
+
+    def update_schedules(self, progress: Progress) -> dict[str, float]:
+        if self.mask_ratio_schedule is not None:
+            self.mask_ratio = linear(*self.mask_ratio_schedule, progress.iteration, progress.total_iterations)
+        return {"mask_ratio": self.mask_ratio}
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         crops = step.view("global_crops")

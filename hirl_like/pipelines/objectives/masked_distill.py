@@ -32,6 +32,7 @@ from hirl_like.pipelines.backbones import Backbones
 from hirl_like.pipelines.objective import HeadDistillationObjective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
+from hirl_like.schedules import Span
 
 
 def _init_vit_style(module: nn.Module) -> None:
@@ -134,10 +135,10 @@ class MaskedDistillObjective(HeadDistillationObjective):
         norm_last_layer: bool = True,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_epochs: float = 3.0,
+        warmup_teacher_temp_epochs: Span = 3.0,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
-        freeze_last_layer: float = 1.0,
+        freeze_last_layer: Span = 1.0,
     ) -> None:
         super().__init__(backbones)
         if not 0.0 < mask_ratio < 1.0:

@@ -11,6 +11,7 @@ from hirl_like.pipelines.forward_table import ForwardKey, forward_key
 from hirl_like.pipelines.objective import HeadDistillationObjective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
+from hirl_like.schedules import Span
 
 
 @OBJECTIVES.register("text_distill")
@@ -37,7 +38,7 @@ class TextDistillObjective(HeadDistillationObjective):
         mask_prob: float = 0.2,
         teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_epochs: float = 3.0,
+        warmup_teacher_temp_epochs: Span = 3.0,
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
     ) -> None:
