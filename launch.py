@@ -24,6 +24,12 @@ with the root-cause rank's exit code (128 + signal number for a rank killed by a
 nodes learn of it when their ranks' next collective fails (or times out): the static rendezvous
 has no cross-node failure channel, exactly as with torchrun.
 
+Errors stay one line: torch elastic's own log lines about the failure ("failed (exitcode: ...)",
+"Sending process ... closing signal SIGTERM") are dropped, since the per-rank lines say the same.
+Exit code 2 is the toolbox's bad-input code (a config key, value or path): the script has already
+printed its one-line ``error: ...``, so the launcher adds nothing and exits 2, and the output is
+what ``python SCRIPT ...`` alone prints.
+
 Worker environment: the repository root is prepended to PYTHONPATH (so scripts can
 ``import hirl_like`` without installing it), and OMP_NUM_THREADS, if unset, becomes
 max(1, cpus // processes per node): torchrun's 1 under-uses CPU-only runs, and splitting the
@@ -37,6 +43,7 @@ cores avoids the oversubscription that torchrun's warning is about.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import signal
@@ -50,6 +57,10 @@ REPO_ROOT = Path(__file__).resolve().parent
 MONITOR_INTERVAL_S = 0.5  # how often the agent polls its workers: a dead rank is noticed within this
 RUN_ID = "hirl_like"  # static rendezvous store prefix; must be identical on every node
 SLURM_CLUSTERS = ("slurm", "local", "debug")
+INPUT_ERROR_EXIT_CODE = 2  # the toolbox's scripts exit 2 after printing a one-line "error: ..."
+# torch elastic's log lines that repeat what the per-rank failure lines say (their format strings)
+REPLACED_TORCH_LOGS = ("failed (exitcode", "Sending process %s closing signal", "Closing process %s via signal")
+TORCH_PROCESS_LOGGER = "torch.distributed.elastic.multiprocessing.api"
 SEVERAL_NODES_NEED_PORT = (
     "several nodes need --port (and -ma/--master_address) so that every node meets at the same place"
 )
@@ -179,6 +190,20 @@ def _exit_code(returncode: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # --dist 1: torch elastic launcher (torchrun's API), static rendezvous
 # ----------------------------------------------------------------------------------------------
+class DropRepeatedFailureLogs(logging.Filter):
+    """Drops torch elastic's records of a worker's failure or termination (see module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(REPLACED_TORCH_LOGS)
+
+
+def quiet_torch_failure_logs() -> None:
+    """Install :class:`DropRepeatedFailureLogs` on the logger of torch's process manager (once)."""
+    logger = logging.getLogger(TORCH_PROCESS_LOGGER)
+    if not any(isinstance(f, DropRepeatedFailureLogs) for f in logger.filters):
+        logger.addFilter(DropRepeatedFailureLogs())
+
+
 def run_elastic(ns: argparse.Namespace, script_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -201,6 +226,7 @@ def run_elastic(ns: argparse.Namespace, script_args: list[str]) -> int:
         monitor_interval=MONITOR_INTERVAL_S,
         start_method="spawn",
     )
+    quiet_torch_failure_logs()
     print(
         f"[launch] {ns.launch}: node {ns.nr}/{ns.nn}, {nproc} process(es) per node, "
         f"master {ns.master_address}:{port}",
@@ -210,6 +236,8 @@ def run_elastic(ns: argparse.Namespace, script_args: list[str]) -> int:
         elastic_launch(config, sys.executable)("-u", ns.launch, *script_args)
     except ChildFailedError as err:
         lines, code = describe_failures(err, ns.nr)
+        if code == INPUT_ERROR_EXIT_CODE:
+            return code  # the script printed its one-line error; a rank line would only repeat it
         for line in lines:
             print(f"[launch] {line}", file=sys.stderr, flush=True)
         return code

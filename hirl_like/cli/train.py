@@ -13,12 +13,17 @@ from hirl_like.cli.common import config_parser, console_entry, run_cleanly
 
 import hirl_like  # noqa: F401  (registers every component)
 from hirl_like.config import load_config
+from hirl_like.data.pipe_urls import ALLOW_PIPE_URLS_FLAG, ALLOW_PIPE_URLS_HELP, allow_pipe_urls
 from hirl_like.engine.dist_setup import cleanup_distributed, init_distributed
 from hirl_like.engine.trainer import Trainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = config_parser(__doc__).parse_args(argv)
+    parser = config_parser(__doc__)
+    parser.add_argument(ALLOW_PIPE_URLS_FLAG, dest="allow_pipe_urls", action="store_true", help=ALLOW_PIPE_URLS_HELP)
+    args = parser.parse_intermixed_args(argv)
+    if args.allow_pipe_urls:
+        allow_pipe_urls()  # the only way to let data.urls run a shell command; no config key sets it
     cfg = load_config(args.config, args.overrides)
     dist = init_distributed(device=str(cfg.device))
     try:

@@ -2,10 +2,10 @@
 
 Web-scraped image-caption data always holds some broken files. The policy here:
 
-1. A dataset decodes with :func:`decode_image` (``Image.open`` + ``.load()`` + ``.convert("RGB")``:
-   ``load`` forces the full decode, so a truncated JPEG fails here instead of being padded with
-   grey) and reads captions with :func:`read_caption_file` / :func:`clean_caption`. They raise
-   :class:`BadSampleError` carrying a reason from :data:`REASONS`.
+1. A dataset decodes images with :func:`hirl_like.data.decode.decode_image` (a full decode, so a
+   truncated JPEG fails there instead of being padded with grey, then
+   :func:`hirl_like.data.rgb.to_rgb`) and reads captions with :func:`read_caption_file` /
+   :func:`clean_caption`. They raise :class:`BadSampleError` carrying a reason from :data:`REASONS`.
 2. The dataset catches it and returns a :class:`BadSample` sentinel in place of the sample dict.
 3. :func:`collate_skip_bad` (the loaders' ``collate_fn``) drops sentinels, so that batch is smaller by
    one per bad sample, and puts the sentinels under ``batch["_bad"]`` (only when there are any).
@@ -34,16 +34,13 @@ so :func:`collate_skip_bad` raises :class:`TooManyBadSamplesError` for it; that 
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import default_collate
 
 # Fixed order: the per-reason counts are summed across ranks as one tensor in this order.
@@ -95,49 +92,8 @@ def bad_sample(index: int, path: str, err: BadSampleError) -> BadSample:
 
 
 # --------------------------------------------------------------------------------------------
-# decoding
+# captions (images: hirl_like.data.decode.decode_image)
 # --------------------------------------------------------------------------------------------
-def _classify_decode_error(err: BaseException) -> str:
-    if isinstance(err, Image.DecompressionBombError):
-        return "too_large"
-    if isinstance(err, UnidentifiedImageError):
-        return "corrupt"
-    if "truncated" in str(err).lower():  # PIL: "image file is truncated (N bytes not processed)"
-        return "truncated"
-    return "corrupt"
-
-
-def decode_image(data: bytes | str | os.PathLike) -> Image.Image:
-    """Bytes or a file path -> fully decoded RGB image; raises BadSampleError otherwise.
-
-    ``.load()`` before ``.convert`` makes every pixel decode now, so truncation fails here
-    (unless some library set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``, which pads instead).
-    """
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        if len(data) == 0:
-            raise BadSampleError("empty_file", "0 bytes")
-        source: Any = io.BytesIO(bytes(data))
-    else:
-        path = os.fspath(data)
-        try:
-            size = os.path.getsize(path)
-        except FileNotFoundError:
-            raise BadSampleError("missing_file", "no such file") from None
-        except OSError as err:
-            raise BadSampleError("missing_file", str(err)) from None
-        if size == 0:
-            raise BadSampleError("empty_file", "0 bytes")
-        source = path
-    try:
-        with Image.open(source) as img:
-            img.load()
-            return img.convert("RGB")
-    except BadSampleError:
-        raise
-    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ... for bad data
-        raise BadSampleError(_classify_decode_error(err), f"{type(err).__name__}: {err}") from None
-
-
 def clean_caption(text: str | bytes | None) -> str:
     """Caption text with surrounding whitespace removed; raises BadSampleError when missing or empty."""
     if text is None:

@@ -135,6 +135,10 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             )
         return out
 
+    def caption_for(self, index: int, label: int) -> str:
+        """Sample ``index``'s caption this epoch: its class name in a template (with caption noise)."""
+        return self.captioner.caption(index, label, self.epoch)
+
     def sample_name(self, index: int) -> str:
         """What a bad-sample report calls sample ``index`` (a file path where there is one)."""
         return f"{type(self).__name__}[{index}]"
@@ -150,7 +154,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         except BadSampleError as err:  # an unreadable file is skipped and counted, not a crash
             return bad_sample(index, self.sample_name(index), err)
         sample = self._apply_transform(img, index)
-        caption = self.captioner.caption(index, label, self.epoch)
+        caption = self.caption_for(index, label)
         sample["label"] = int(label)
         sample["index"] = index
         if self.tokenizer is not None:

@@ -14,6 +14,8 @@
   absolute paths are used as they are.
 - Rows are never dropped: an empty/missing path or caption, or an image that does not decode,
   becomes a bad sample at load time, counted and reported (:mod:`hirl_like.data.bad_samples`).
+  Without a tokenizer (a vision-only method) captions are optional: a missing one is no bad
+  sample and the file needs no caption column.
   The file is parsed once at construction; paths and captions are kept as packed byte arrays
   (:class:`~hirl_like.data.caption_folder.PackedStrings`) so workers share them.
 """
@@ -113,13 +115,15 @@ class CsvCaptions(ImageTextPairs):
             if header is None:
                 raise ValueError(f"{self.path!r} is empty; it needs a header row naming the columns")
             header = [h.strip() for h in header]
-            for key, name in ((self.image_key, "image_key"), (self.caption_key, "caption_key")):
+            needed = [(self.image_key, "image_key")] + [(self.caption_key, "caption_key")] * self.captions_required
+            for key, name in needed:
                 if key not in header:
                     raise ValueError(
                         f"column {key!r} not in {self.path!r} (columns: {header}, separator {self.separator!r}); "
                         f"set data.{name} (and data.separator if the columns look merged)"
                     )
-            img_col, cap_col = header.index(self.image_key), header.index(self.caption_key)
+            img_col = header.index(self.image_key)
+            cap_col = header.index(self.caption_key) if self.caption_key in header else len(header) + 1
             for row in reader:
                 if not row:
                     continue  # a blank line is not a row

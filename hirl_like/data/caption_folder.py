@@ -26,6 +26,10 @@ fraction ~p of the samples the caption of another sample::
 with ``u, u'`` splitmix64 hashes (:func:`~hirl_like.data.captions.mix_seed`), so the same samples
 carry the same wrong captions in every epoch, worker and resumed run. If j's caption is itself
 missing, sample i keeps its own.
+
+Vision-only methods (DINO, iBOT, MAE: no text tower, so the dataset gets no tokenizer) need no
+captions: without a tokenizer a missing or empty caption is not a bad sample, the sample's
+``caption`` is then "", and a folder or CSV without any captions is fine.
 """
 
 from __future__ import annotations
@@ -43,11 +47,11 @@ from hirl_like.data.bad_samples import (
     BadSampleError,
     bad_sample,
     check_limit_args,
-    decode_image,
     read_caption_file,
 )
 from hirl_like.data.base import ImageCaptionDataset, Transform
 from hirl_like.data.captions import mix_seed
+from hirl_like.data.decode import decode_image
 from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.registry import DATASETS
 
@@ -155,6 +159,11 @@ class ImageTextPairs(ImageCaptionDataset):
             return index
         return (index + 1 + int(hash_uniform(self.seed, _SALT_PAIR_OTHER, index) * (n - 1))) % n
 
+    @property
+    def captions_required(self) -> bool:
+        """Captions matter only to a pipeline with a text tower, i.e. when there is a tokenizer."""
+        return self.tokenizer is not None
+
     def caption(self, index: int) -> str:
         """Caption of sample ``index`` after caption noise; raises BadSampleError if its own is bad."""
         own = self.raw_caption(index)  # a sample with a bad caption is bad even when noise replaces it
@@ -166,6 +175,12 @@ class ImageTextPairs(ImageCaptionDataset):
         except BadSampleError:
             return own
 
+    def _optional_caption(self, index: int) -> str:
+        try:
+            return self.caption(index)
+        except BadSampleError:
+            return ""
+
     def load(self, index: int) -> tuple[Image.Image, int]:
         return decode_image(self.image_path(index)), NO_LABEL
 
@@ -176,8 +191,8 @@ class ImageTextPairs(ImageCaptionDataset):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {n}")
         index %= n
         try:
-            caption = self.caption(index)  # cheap, so checked before decoding the image
-            img, _ = self.load(index)
+            caption = self.caption(index) if self.captions_required else self._optional_caption(index)
+            img, _ = self.load(index)  # the caption is cheap, so it is checked before decoding
         except BadSampleError as err:
             return bad_sample(index, self.sample_name(index), err)
         return make_pair_sample(self, img, caption, index)

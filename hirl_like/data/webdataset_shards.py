@@ -3,7 +3,9 @@
 Shards (img2dataset ``output_format=webdataset``) are tar files whose members are grouped into
 samples by key: ``000000001.jpg`` + ``000000001.txt`` (+ ``.json``, ignored). ``urls`` takes brace
 patterns (``shards/{00000..00331}.tar``), a list of them, or any URL ``webdataset.gopen`` opens
-(``pipe:``, ``http(s)://``, ...). Tar parsing, key grouping and opening use the webdataset package.
+(``http(s)://``, ...; :mod:`hirl_like.data.shard_urls`). ``pipe:`` URLs run a shell command and are
+refused unless the command line says ``--allow-pipe-urls`` (:mod:`hirl_like.data.pipe_urls`). Tar
+parsing and key grouping use the webdataset package (:mod:`hirl_like.data.tar_shards`).
 
 Epoch plan (one pure function of the shard sizes, seed, epoch, world size, workers and batch size):
 
@@ -23,17 +25,19 @@ both (the first part is read and skipped without decoding). With at least ``worl
 (recommended: many more) each worker mostly reads whole shards; with fewer shards, each worker
 reads a part of one (sample-level splitting, more bytes read than used; a warning says so).
 
-Shard sizes, in this order: ``sizes.json`` (``{"00000.tar": 10000, ...}``, open_clip's
-convention) beside the shards or at ``sizes_file``; else a declared ``num_samples`` (shards are
-then assumed equal, as img2dataset writes them apart from the last; a shard found shorter is
-padded with ``shard_error`` bad samples so the epoch plan still holds, one found longer has its
-surplus unread, with a warning naming the shard: prefer exact sizes); else the tar headers are
-counted once and ``sizes.json`` is written. The file is not refreshed: delete it after changing
-the shards (a shard grown since is read up to its listed size, with the same warning).
+Shard sizes (:mod:`hirl_like.data.shard_sizes`), in this order: ``sizes.json``
+(``{"00000.tar": 10000, ...}``, open_clip's convention) beside the shards or at ``sizes_file``;
+else a declared ``num_samples`` (shards are then assumed equal, as img2dataset writes them apart
+from the last; a shard found shorter is padded with ``shard_error`` bad samples so the epoch plan
+still holds, one found longer has its surplus unread, with a warning naming the shard: prefer
+exact sizes); else the tar headers are counted once and ``sizes.json`` is written. The file is not
+refreshed: delete it after changing the shards (a shard grown since is read up to its listed size,
+with the same warning).
 
 Bad samples (undecodable image, missing/empty caption, missing image member, unreadable part of a
 shard) become :class:`~hirl_like.data.bad_samples.BadSample` sentinels: the collate function drops
-and counts them, exactly as for map-style data.
+and counts them, exactly as for map-style data. Without a tokenizer (vision-only methods) a
+missing or empty caption is no bad sample: the sample's ``caption`` is "".
 
 Resume: a loader built with ``start_iteration = k`` replays the epoch plan and reads, without
 decoding, the samples of the first k batches, so the rest of the epoch is exactly what an
@@ -47,21 +51,16 @@ gets the caption of a recent sample of the same worker, drawn from a reservoir o
 
 from __future__ import annotations
 
-import bisect
-import json
 import os
 import random
-import re
 import tarfile
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from hirl_like.data.bad_samples import (
@@ -70,157 +69,31 @@ from hirl_like.data.bad_samples import (
     bad_sample,
     check_limit_args,
     clean_caption,
-    decode_image,
 )
 from hirl_like.data.base import ImageCaptionDataset, Transform
 from hirl_like.data.caption_folder import hash_uniform, make_pair_sample
 from hirl_like.data.captions import mix_seed
+from hirl_like.data.decode import decode_image
+from hirl_like.data.pipe_urls import check_command_urls
+from hirl_like.data.shard_plan import Segment, plan_segments, role_batches, shuffle_buffer
+from hirl_like.data.shard_sizes import shard_sizes, sizes_file_for
+from hirl_like.data.shard_urls import expand_urls, is_local, local_path, open_shard
+from hirl_like.data.tar_shards import SIZES_FILE, count_tar_samples, sample_key
 from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.registry import DATASETS
 
+__all__ = [  # the helpers live in their own modules; re-exported for callers of this one
+    "WebDatasetShards", "Segment", "count_tar_samples", "expand_urls", "is_local", "local_path",
+    "plan_segments", "role_batches", "sample_key", "shuffle_buffer",
+]
+
 IMAGE_MEMBER_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_MEMBER_EXTENSION = "txt"
-SIZES_FILE = "sizes.json"
-
-_META_MEMBER = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta pattern
 
 _SALT_SHARD_ORDER = 0x5D01
 _SALT_BUFFER = 0x5D02
 _SALT_NOISY = 0x5D03
 _SALT_RESERVOIR = 0x5D04
-
-
-# --------------------------------------------------------------------------------------------
-# shard lists and sizes
-# --------------------------------------------------------------------------------------------
-def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Brace-expanded shard list, in the given order; ``"a.tar::b.tar"`` splits as in open_clip."""
-    if isinstance(urls, str):
-        patterns = urls.split("::")
-    elif isinstance(urls, Sequence) and all(isinstance(u, str) for u in urls):
-        patterns = list(urls)
-    else:
-        raise ValueError(f"urls must be a string or a list of strings (config key data.urls), got {urls!r}")
-    out = [u for p in patterns for u in braceexpand.braceexpand(p.strip()) if u]
-    if not out:
-        raise ValueError(f"data.urls={urls!r} names no shard")
-    if len(set(out)) != len(out):
-        raise ValueError(f"data.urls={urls!r} names some shard twice; every shard must appear once")
-    return out
-
-
-def is_local(url: str) -> bool:
-    return "://" not in url and not url.startswith("pipe:") or url.startswith("file://")
-
-
-def local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
-
-
-def sample_key(name: str) -> str | None:
-    """The sample a tar member belongs to (webdataset's rule: the name up to the basename's first
-    dot), or None for members webdataset skips (``__meta__`` files, names without a dot)."""
-    if (name.startswith("__") and "/" not in name and name.endswith("__")) or _META_MEMBER.match(name):
-        return None
-    return base_plus_ext(name)[0]
-
-
-def count_tar_samples(path: str) -> int:
-    """Samples in a local tar shard, from the member headers only (random access skips the data).
-
-    A shard unreadable from some point on counts the samples before it (reading it later stops
-    at the same point and reports the rest as ``shard_error``) and warns.
-    """
-    n, last = 0, None
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            for info in tf:
-                if not info.isreg():
-                    continue
-                key = sample_key(info.name)
-                if key is not None and key != last:
-                    n, last = n + 1, key
-    except (tarfile.TarError, OSError, EOFError) as err:
-        warnings.warn(f"shard {path} is unreadable after {n} samples ({err}); counting {n}", stacklevel=2)
-    return n
-
-
-def _read_sizes(path: str) -> dict[str, int]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            sizes = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return {str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else {}
-
-
-def _write_sizes(path: str, sizes: dict[str, int]) -> bool:
-    """Atomic write; False when the folder is read-only (the counts are then recomputed next run)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(dict(sorted(sizes.items())), f, indent=0)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        return False
-
-
-# --------------------------------------------------------------------------------------------
-# the epoch plan
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Segment:
-    """Samples ``[start, end)`` (positions inside the tar) of shard number ``shard``."""
-
-    shard: int
-    start: int
-    end: int
-
-
-def role_batches(role: int, steps: int, num_roles: int) -> int:
-    """Batches of worker role ``role``: the rank's batch j comes from role ``j % num_roles``."""
-    return len(range(role, steps, num_roles))
-
-
-def plan_segments(
-    counts: Sequence[int], order: Sequence[int], rank: int, role: int, steps: int, num_roles: int, batch_size: int
-) -> list[Segment]:
-    """The segments (in reading order) that worker role ``role`` of ``rank`` reads this epoch."""
-    per_rank = steps * batch_size
-    begin = rank * per_rank + sum(role_batches(q, steps, num_roles) for q in range(role)) * batch_size
-    end = begin + role_batches(role, steps, num_roles) * batch_size
-    ordered = [counts[i] for i in order]
-    starts = [0]
-    for c in ordered:
-        starts.append(starts[-1] + c)
-    segments = []
-    k = bisect.bisect_right(starts, begin) - 1
-    while begin < end and k < len(ordered):
-        a = begin - starts[k]
-        b = min(ordered[k], end - starts[k])
-        if b > a:
-            segments.append(Segment(order[k], a, b))
-        begin = starts[k] + b
-        k += 1
-    return segments
-
-
-def shuffle_buffer(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Streaming shuffle: keep ``size`` items, emit a random one as each new item arrives."""
-    if size <= 1:
-        yield from items
-        return
-    buffer: list[Any] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        k = rng.randrange(size)
-        buffer[k], item = item, buffer[k]
-        yield item
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,6 +153,7 @@ class WebDatasetShards(ImageCaptionDataset, IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.caption_reservoir = caption_reservoir
         self.urls = expand_urls(urls)
+        check_command_urls(self.urls, key="data.urls")  # a pipe: URL runs a shell command
         missing = [u for u in self.urls if is_local(u) and not os.path.isfile(local_path(u))]
         if missing:
             shown = ", ".join(repr(m) for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -288,7 +162,7 @@ class WebDatasetShards(ImageCaptionDataset, IterableDataset):
                 "the tar shards, e.g. data.urls='datasets/cc3m/shards/{00000..00331}.tar'"
             )
         self.sizes_file = sizes_file
-        self.counts, self.exact_counts = self._shard_sizes(num_samples)
+        self.counts, self.exact_counts = shard_sizes(self.urls, num_samples, sizes_file)
         self.num_samples = sum(self.counts)
         self._offsets = [0]
         for c in self.counts:
@@ -297,50 +171,8 @@ class WebDatasetShards(ImageCaptionDataset, IterableDataset):
         self.rank, self.world_size, self.batch_size, self.start_batch = 0, 1, 1, 0
         self.num_workers: int | None = None
 
-    # -- sizes --------------------------------------------------------------------------------
     def _default_sizes_file(self) -> str | None:
-        if self.sizes_file is not None:
-            return self.sizes_file
-        if all(is_local(u) for u in self.urls):
-            return os.path.join(os.path.dirname(os.path.abspath(local_path(self.urls[0]))), SIZES_FILE)
-        return None
-
-    def _size_key(self, url: str, sizes_path: str | None) -> str:
-        """A shard's name in the sizes file: its path relative to that file's folder (the bare
-        file name for shards beside it, as open_clip writes them), else its URL's last part."""
-        if sizes_path is not None and is_local(url):
-            return os.path.relpath(os.path.abspath(local_path(url)), os.path.dirname(os.path.abspath(sizes_path)))
-        return os.path.basename(url)
-
-    def _shard_sizes(self, num_samples: int | None) -> tuple[list[int], bool]:
-        path = self._default_sizes_file()
-        known = _read_sizes(path) if path and os.path.isfile(path) else {}
-        names = [self._size_key(u, path) for u in self.urls]
-        if all(n in known for n in names):
-            counts = [known[n] for n in names]
-            if num_samples is not None and num_samples != sum(counts):
-                raise ValueError(
-                    f"data.num_samples={num_samples} but {path} lists {sum(counts)} samples in these shards; "
-                    "fix one of them (or set num_samples: null to use the file)"
-                )
-            return counts, True
-        if num_samples is not None:  # declared: assume equal shards
-            if num_samples < len(self.urls):
-                raise ValueError(f"data.num_samples={num_samples} is fewer than the {len(self.urls)} shards")
-            base, extra = divmod(num_samples, len(self.urls))
-            return [base + (1 if i < extra else 0) for i in range(len(self.urls))], False
-        remote = [u for u in self.urls if not is_local(u)]
-        if remote:
-            raise ValueError(
-                f"cannot count samples in remote shards ({remote[0]!r}, ...); declare data.num_samples or give "
-                f"data.sizes_file (a JSON {{shard file name: sample count}})"
-            )
-        for url, name in zip(self.urls, names):
-            if name not in known:
-                known[name] = count_tar_samples(local_path(url))
-        if path is not None and not _write_sizes(path, known):
-            warnings.warn(f"could not write shard sizes to {path}; they will be counted again next time", stacklevel=3)
-        return [known[n] for n in names], True
+        return sizes_file_for(self.urls, self.sizes_file)
 
     # -- epoch and split ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -410,7 +242,7 @@ class WebDatasetShards(ImageCaptionDataset, IterableDataset):
 
         error = "shard ended early"
         try:
-            stream = gopen(url, "rb")
+            stream = open_shard(url)  # refuses a pipe: URL unless --allow-pipe-urls
         except Exception as err:  # noqa: BLE001 - any opener failure is a shard_error
             stream, error = None, f"cannot open: {err}"
         if stream is not None:
@@ -492,8 +324,12 @@ class WebDatasetShards(ImageCaptionDataset, IterableDataset):
             try:
                 own = clean_caption(item.members.get(CAPTION_MEMBER_EXTENSION))
             except BadSampleError as err:
+                if self.tokenizer is not None:  # only a text tower needs captions
+                    if position >= skip:
+                        yield bad_sample(item.index, item.name, err)
+                    continue
                 if position >= skip:
-                    yield bad_sample(item.index, item.name, err)
+                    yield self._decode(item, "")
                 continue
             caption = own
             if self.caption_noise > 0 and recent and hash_uniform(self.seed, _SALT_NOISY, item.index) < self.caption_noise:

@@ -36,7 +36,7 @@ from hirl_like.engine.checkpoint import (
     save_atomic,
 )
 from hirl_like.engine.dist_setup import DistInfo
-from hirl_like.engine.logger import RunningMeans, TrainLogger
+from hirl_like.engine.logger import ProgressBar, RunningMeans, TrainLogger
 from hirl_like.engine.train_step import TrainStep
 from hirl_like.export import write_exports
 from hirl_like.registry import PIPELINES
@@ -55,6 +55,15 @@ def compile_encoders(pipeline: nn.Module) -> None:
         module = getattr(backbones, name, None)
         if module is not None:
             module.compile()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: CUDA max allocated on a GPU, else peak RSS (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class Trainer:
@@ -210,9 +219,9 @@ class Trainer:
         images_seen = 0
         progress_bar = None
         if self.is_main and cfg.progress_bar:
-            from tqdm import tqdm
-
-            progress_bar = tqdm(total=self.total_iterations, initial=self.iteration, desc="train", dynamic_ncols=True)
+            progress_bar = ProgressBar(
+                total=self.total_iterations, initial=self.iteration, log_interval=int(cfg.log_interval), desc="train"
+            )
         last_values: dict[str, float] = {}
         while self.iteration < self.total_iterations:
             epoch, start_in_epoch = divmod(self.iteration, self.iters_per_epoch)
@@ -241,9 +250,10 @@ class Trainer:
                     means.update(values)
                     last_values = values
                 if progress_bar is not None:
-                    progress_bar.update(1)
-                    if values is not None:
-                        progress_bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=f"{self.iteration / self.iters_per_epoch:.2f}", **self.bad_samples.postfix())
+                    progress_bar.update(None if values is None else {
+                        "loss": f"{values['loss']:.4f}", "epoch": f"{self.iteration / self.iters_per_epoch:.2f}",
+                        **self.bad_samples.postfix(),
+                    })
                 if self.iteration % int(cfg.log_interval) == 0 or self.iteration == self.total_iterations:
                     self._log_window(means, start_time, images_seen)
                 if cfg.checkpoint_interval and self.iteration % int(cfg.checkpoint_interval) == 0:
@@ -294,6 +304,7 @@ class Trainer:
             "type": "summary",
             "iterations": self.iteration,
             "wall_time_s": round(wall, 2),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             "world_size": self.dist.world_size,
             "skipped_steps": self.bad_steps_total,
             "params_in_sync": in_sync,

@@ -28,9 +28,9 @@ from hirl_like.data.bad_samples import (
     TooManyBadSamplesError,
     clean_caption,
     collate_skip_bad,
-    decode_image,
     read_caption_file,
 )
+from hirl_like.data.decode import decode_image
 from hirl_like.data.captions import DIGIT_CLASSNAMES
 from hirl_like.data.loader import build_train_loader
 from hirl_like.distributed import all_reduce_sum

@@ -11,6 +11,7 @@ import pytest
 from hirl_like.data.bad_samples import BAD_KEY, BadSample
 from hirl_like.data.caption_csv import CsvCaptions
 from hirl_like.data.loader import build_train_loader
+from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.registry import DATASETS
 from tests.data.test_bad_samples import (
     caption_sample,
@@ -22,6 +23,12 @@ from tests.data.test_bad_samples import (
 )
 
 GOOD = 20
+TOKENIZER = ClipTokenizer(context_length=16)
+
+
+def captioned(*args, **kwargs) -> CsvCaptions:
+    """The file as a pipeline with a text tower reads it (a tokenizer: captions are required)."""
+    return CsvCaptions(*args, tokenizer=TOKENIZER, **kwargs)
 
 
 def write_table(path: Path, header: list[str], rows: list[list[str]], delimiter: str) -> Path:
@@ -76,7 +83,7 @@ def check_dataset(ds: CsvCaptions, data: dict) -> None:
 
 def test_tsv_with_open_clip_defaults(data):
     path = write_table(data["dir"] / "train.tsv", ["filepath", "title"], data["rows"] + data["bad_rows"], "\t")
-    ds = CsvCaptions(str(path))
+    ds = captioned(str(path))
     assert ds.separator == "\t" and DATASETS.get("CsvCaptions") is CsvCaptions
     check_dataset(ds, data)
 
@@ -84,13 +91,13 @@ def test_tsv_with_open_clip_defaults(data):
 def test_csv_with_custom_columns_quoting_and_extra_columns(data):
     rows = [[f"id{i}", caption, p] for i, (p, caption) in enumerate(data["rows"] + data["bad_rows"])]
     path = write_table(data["dir"] / "pairs.csv", ["id", "caption", "image"], rows, ",")
-    ds = CsvCaptions(str(path), image_key="image", caption_key="caption")
+    ds = captioned(str(path), image_key="image", caption_key="caption")
     assert ds.separator == ","
     check_dataset(ds, data)
     # a caption holding the separator, quotes and a newline survives CSV quoting
     tricky = 'a "quoted", multi\nline caption'
     write_table(data["dir"] / "tricky.csv", ["filepath", "title"], [["images/1.png", tricky]], ",")
-    assert CsvCaptions(str(data["dir"] / "tricky.csv"))[0]["caption"] == tricky
+    assert captioned(str(data["dir"] / "tricky.csv"))[0]["caption"] == tricky
 
 
 def test_image_root_and_explicit_separator(data, tmp_path):
@@ -110,7 +117,7 @@ def test_image_root_and_explicit_separator(data, tmp_path):
 def test_short_rows_are_missing_captions_not_dropped(tmp_path):
     (tmp_path / "a.png").write_bytes(digit_bytes(0))
     (tmp_path / "t.csv").write_text("filepath,title\na.png,a zero\na.png\n\na.png,again\n")
-    ds = CsvCaptions(str(tmp_path / "t.csv"))
+    ds = captioned(str(tmp_path / "t.csv"))
     assert len(ds) == 3  # the blank line is not a row
     assert ds[0]["caption"] == "a zero" and ds[2]["caption"] == "again"
     assert isinstance(ds[1], BadSample) and ds[1].reason == "missing_caption" and "row 3" in ds[1].detail
@@ -119,19 +126,19 @@ def test_short_rows_are_missing_captions_not_dropped(tmp_path):
 def test_errors_name_the_path_and_key(tmp_path):
     missing = str(tmp_path / "absent.tsv")
     with pytest.raises(FileNotFoundError) as err:
-        CsvCaptions(missing)
+        captioned(missing)
     assert missing in str(err.value) and "data.path" in str(err.value)
     (tmp_path / "cols.csv").write_text("path,text\nx.png,y\n")
     with pytest.raises(ValueError, match=r"column 'filepath' not in .*\['path', 'text'\].*data.image_key"):
-        CsvCaptions(str(tmp_path / "cols.csv"))
+        captioned(str(tmp_path / "cols.csv"))
     with pytest.raises(ValueError, match=r"column 'title' .*data.caption_key"):
-        CsvCaptions(str(tmp_path / "cols.csv"), image_key="path")
+        captioned(str(tmp_path / "cols.csv"), image_key="path")
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="header"):
-        CsvCaptions(str(tmp_path / "empty.csv"))
+        captioned(str(tmp_path / "empty.csv"))
     (tmp_path / "header_only.csv").write_text("filepath,title\n")
     with pytest.raises(ValueError, match="no rows"):
-        CsvCaptions(str(tmp_path / "header_only.csv"))
+        captioned(str(tmp_path / "header_only.csv"))
 
 
 def test_caption_noise_uses_other_rows(data):
@@ -146,7 +153,7 @@ def test_caption_noise_uses_other_rows(data):
 
 def test_loader_with_workers(data):
     path = write_table(data["dir"] / "train.tsv", ["filepath", "title"], data["rows"] + data["bad_rows"], "\t")
-    ds = CsvCaptions(str(path))
+    ds = captioned(str(path))
     good, bad = [], []
     for batch in build_train_loader(ds, batch_size=5, num_workers=2, seed=0, epoch=2):
         good += batch["index"].tolist()

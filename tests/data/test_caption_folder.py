@@ -33,6 +33,12 @@ from tests.data.test_bad_samples import (
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = 26  # digits 0..25 as good pairs
+TOKENIZER = ClipTokenizer(context_length=16)
+
+
+def captioned(folder: Path, **kwargs) -> ImageCaptionFolder:
+    """The folder as a pipeline with a text tower reads it (a tokenizer: captions are required)."""
+    return ImageCaptionFolder(str(folder), tokenizer=TOKENIZER, **kwargs)
 
 
 def write_pair(folder: Path, stem: str, image: bytes, caption: str | None, ext: str = "png") -> None:
@@ -68,7 +74,7 @@ BAD_REASONS = {
 
 
 def test_scan_counts_order_and_pairing(folder):
-    ds = ImageCaptionFolder(str(folder))
+    ds = captioned(folder)
     assert len(ds) == GOOD + 5 and ds.missing_captions == 1
     assert DATASETS.get("ImageCaptionFolder") is ImageCaptionFolder
     names = [os.path.relpath(ds.image_path(i), folder) for i in range(len(ds))]
@@ -168,7 +174,7 @@ def test_packed_strings():
 
 
 def test_loader_with_workers_skips_and_counts_without_shrinking(folder):
-    ds = ImageCaptionFolder(str(folder))
+    ds = captioned(folder)
     loader = build_train_loader(ds, batch_size=5, num_workers=2, seed=1, epoch=0)
     seen_good, seen_bad = [], []
     for batch in loader:
@@ -205,7 +211,7 @@ def test_training_run_skips_and_logs_bad_samples(folder, tmp_path):
     assert "done: 3 iterations" in result.stdout
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in logs if r["type"] == "data_epoch"]
-    expected = expected_bad_in_first_batches(ImageCaptionFolder(str(folder)), 3 * 8)
+    expected = expected_bad_in_first_batches(captioned(folder), 3 * 8)
     assert expected > 0
     assert len(epochs) == 1 and epochs[0]["bad_samples"] == expected and epochs[0]["epoch"] == 0
     assert sum(epochs[0]["bad_by_reason"].values()) == expected
@@ -216,7 +222,7 @@ def test_training_run_skips_and_logs_bad_samples(folder, tmp_path):
 
 def test_training_stops_past_the_limit(folder, tmp_path):
     overrides = [o.replace("num_workers=2", "num_workers=0") for o in FAST]
-    assert expected_bad_in_first_batches(ImageCaptionFolder(str(folder)), 3 * 8) > 0
+    assert expected_bad_in_first_batches(captioned(folder), 3 * 8) > 0
     cfg = load_config(CLIP, [f"output_dir={tmp_path}", *overrides, "data.name=ImageCaptionFolder", f"data.root={folder}", "data.max_bad_samples=0"])
     with pytest.raises(TooManyBadSamplesError, match=r"too many bad samples: \d+ read so far .* more than the 0 allowed"):
         Trainer(cfg, init_distributed(device="cpu")).fit()
@@ -231,7 +237,7 @@ def _train_in_process(folder: Path, out: Path, *overrides: str) -> dict:
 def test_mid_epoch_resume_keeps_the_epochs_bad_sample_count(folder, tmp_path):
     """31 samples, batch 8: one epoch = 3 iterations. Stopped after 2 and resumed, the epoch's
     data_epoch record counts the bad samples of all 3 batches, as an uninterrupted run does."""
-    ds = ImageCaptionFolder(str(folder))
+    ds = captioned(folder)
     before, whole = expected_bad_in_first_batches(ds, 2 * 8), expected_bad_in_first_batches(ds, 3 * 8)
     assert 0 < before < whole  # bad samples on both sides of the restart (seed 0's order)
     out = tmp_path / "run"
@@ -248,7 +254,7 @@ def test_mid_epoch_resume_keeps_the_epochs_bad_sample_count(folder, tmp_path):
 
 
 def test_the_limit_spans_a_mid_epoch_restart(folder, tmp_path):
-    ds = ImageCaptionFolder(str(folder))
+    ds = captioned(folder)
     before = expected_bad_in_first_batches(ds, 2 * 8)
     limit = f"data.max_bad_samples={before}"  # reached, not exceeded, before the restart
     _train_in_process(folder, tmp_path, "max_iterations=2", "data.max_bad_fraction=1.0", limit)

@@ -13,10 +13,11 @@ import pytest
 import torch
 import webdataset as wds
 
-import hirl_like.data.webdataset_shards as shards_module
+import hirl_like.data.tar_shards as tar_shards_module
 from hirl_like.config import load_config
 from hirl_like.data.bad_samples import BAD_KEY, BadSample
 from hirl_like.data.loader import StreamLoader, build_train_loader
+from hirl_like.data.tokenizer import ClipTokenizer
 from hirl_like.data.webdataset_shards import (
     WebDatasetShards,
     count_tar_samples,
@@ -40,6 +41,12 @@ SIZES = [7, 5, 9, 6, 8, 5]  # 40 samples; sample k is digit k, key f"{k:06d}"
 N = sum(SIZES)
 BAD = {3: "corrupt", 9: "missing_image", 15: "truncated", 23: "missing_caption", 30: "empty_file"}
 ROOT = Path(__file__).resolve().parents[2]
+TOKENIZER = ClipTokenizer(context_length=16)
+
+
+def shards(*args, **kwargs) -> WebDatasetShards:
+    """The shards as a pipeline with a text tower reads them (a tokenizer: captions are required)."""
+    return WebDatasetShards(*args, tokenizer=TOKENIZER, **kwargs)
 
 
 def sample_members(k: int) -> dict:
@@ -109,18 +116,18 @@ def epoch_items(ds, world: int, workers: int, batch: int, epoch: int = 0, start:
 # ---------------------------------------------------------------------------------------------
 def test_counts_sizes_file_and_registration(shard_dir, monkeypatch):
     assert [count_tar_samples(str(shard_dir / f"{s:05d}.tar")) for s in range(6)] == SIZES
-    ds = WebDatasetShards(pattern(shard_dir))
+    ds = shards(pattern(shard_dir))
     assert len(ds) == N and ds.counts == SIZES and ds.exact_counts
     assert json.loads((shard_dir / "sizes.json").read_text()) == {f"{s:05d}.tar": c for s, c in enumerate(SIZES)}
     assert DATASETS.get("WebDatasetShards") is WebDatasetShards
-    monkeypatch.setattr(shards_module, "count_tar_samples", lambda path: pytest.fail("counted again"))
-    assert WebDatasetShards(pattern(shard_dir)).counts == SIZES  # read from sizes.json
+    monkeypatch.setattr(tar_shards_module, "count_tar_samples", lambda path: pytest.fail("counted again"))
+    assert shards(pattern(shard_dir)).counts == SIZES  # read from sizes.json
     with pytest.raises(ValueError, match="num_samples=41 but .*sizes.json lists 40"):
-        WebDatasetShards(pattern(shard_dir), num_samples=41)
+        shards(pattern(shard_dir), num_samples=41)
 
 
 def test_plain_iteration_yields_every_sample_once_paired(shard_dir):
-    ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=4)
+    ds = shards(pattern(shard_dir), shuffle_buffer=4)
     items = list(ds)
     assert sorted(ids(x) for x in items) == list(range(N))
     for item in items:
@@ -165,7 +172,7 @@ def test_plan_segments_matches_the_naive_split(counts, world, roles, batch):
 
 
 def test_two_ranks_two_workers_split_every_sample_once(shard_dir):
-    ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=3)
+    ds = shards(pattern(shard_dir), shuffle_buffer=3)
     per_rank = epoch_items(ds, world=2, workers=2, batch=4)
     assert [len(r) for r in per_rank] == [5, 5]  # 40 // (2 x 4) steps on every rank
     seen = [i for rank in per_rank for b in rank for i in b]
@@ -181,7 +188,7 @@ def test_two_ranks_two_workers_split_every_sample_once(shard_dir):
 
 
 def test_more_slots_than_shards_still_reads_each_sample_once(shard_dir):
-    ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=0)
+    ds = shards(pattern(shard_dir), shuffle_buffer=0)
     with pytest.warns(UserWarning, match="6 shards for 4 rank.*sample-level"):
         per_rank = epoch_items(ds, world=4, workers=2, batch=2)  # 8 slots > 6 shards
     seen = [i for rank in per_rank for b in rank for i in b]
@@ -189,16 +196,16 @@ def test_more_slots_than_shards_still_reads_each_sample_once(shard_dir):
 
 
 def test_order_depends_on_seed_and_epoch_only(shard_dir):
-    ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=8)
+    ds = shards(pattern(shard_dir), shuffle_buffer=8)
     a = epoch_items(ds, world=1, workers=2, batch=5, epoch=3)
     assert epoch_items(ds, world=1, workers=2, batch=5, epoch=3) == a
     assert epoch_items(ds, world=1, workers=2, batch=5, epoch=4) != a
-    other = WebDatasetShards(pattern(shard_dir), shuffle_buffer=8, seed=1)
+    other = shards(pattern(shard_dir), shuffle_buffer=8, seed=1)
     assert epoch_items(other, world=1, workers=2, batch=5, epoch=3) != a
 
 
 def test_resume_mid_epoch_is_exact(shard_dir):
-    ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=6, caption_noise=0.3, seed=2)
+    ds = shards(pattern(shard_dir), shuffle_buffer=6, caption_noise=0.3, seed=2)
     def run(start):
         loader = build_train_loader(ds, 3, 2, seed=0, epoch=1, rank=1, world_size=2, start_iteration=start)
         assert isinstance(loader, StreamLoader) and len(loader) == 6 - start
@@ -210,7 +217,7 @@ def test_resume_mid_epoch_is_exact(shard_dir):
 
 
 def test_declared_num_samples_assumes_equal_shards_and_pads_short_ones(shard_dir):
-    ds = WebDatasetShards(pattern(shard_dir), num_samples=48, sizes_file=str(shard_dir / "none.json"), shuffle_buffer=0)
+    ds = shards(pattern(shard_dir), num_samples=48, sizes_file=str(shard_dir / "none.json"), shuffle_buffer=0)
     assert not ds.exact_counts and ds.counts == [8] * 6 and len(ds) == 48
     with pytest.warns(UserWarning) as caught:
         items = list(ds)
@@ -231,12 +238,12 @@ def test_declared_num_samples_assumes_equal_shards_and_pads_short_ones(shard_dir
 
 
 def test_a_stale_sizes_file_is_read_to_its_sizes_with_a_warning(shard_dir, recwarn):
-    items = list(WebDatasetShards(pattern(shard_dir), shuffle_buffer=0))  # writes sizes.json
+    items = list(shards(pattern(shard_dir), shuffle_buffer=0))  # writes sizes.json
     assert len(items) == N and not [w for w in recwarn if "surplus" in str(w.message)]  # exact sizes: silent
     sizes = json.loads((shard_dir / "sizes.json").read_text())
     sizes["00004.tar"] -= 3  # the shard grew after the file was written
     (shard_dir / "sizes.json").write_text(json.dumps(sizes))
-    ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=0)
+    ds = shards(pattern(shard_dir), shuffle_buffer=0)
     assert ds.exact_counts and len(ds) == N - 3
     with pytest.warns(UserWarning, match=r"00004.tar holds more than the 5 samples listed in .*sizes.json.*stale"):
         items = list(ds)
@@ -251,7 +258,7 @@ def test_a_truncated_shard_is_read_up_to_the_break(shard_dir):
         n = count_tar_samples(str(path))
     assert 0 < n < SIZES[2]
     with pytest.warns(UserWarning, match="unreadable"):
-        ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=0)
+        ds = shards(pattern(shard_dir), shuffle_buffer=0)
     items = list(ds)
     assert len(items) == len(ds) == N - SIZES[2] + n
     assert len({(ids(x)) for x in items}) == len(items)
@@ -263,8 +270,8 @@ def test_a_truncated_shard_is_read_up_to_the_break(shard_dir):
 
 
 def test_caption_noise_draws_recent_captions_of_the_same_worker(shard_dir):
-    clean = list(WebDatasetShards(pattern(shard_dir), shuffle_buffer=0, seed=5))
-    noisy_ds = WebDatasetShards(pattern(shard_dir), shuffle_buffer=0, caption_noise=0.4, seed=5)
+    clean = list(shards(pattern(shard_dir), shuffle_buffer=0, seed=5))
+    noisy_ds = shards(pattern(shard_dir), shuffle_buffer=0, caption_noise=0.4, seed=5)
     noisy = list(noisy_ds)
     assert [ids(x) for x in noisy] == [ids(x) for x in clean]
     swapped = 0
@@ -286,17 +293,17 @@ def test_caption_noise_draws_recent_captions_of_the_same_worker(shard_dir):
 def test_errors_name_the_path_and_key(shard_dir, tmp_path):
     missing = str(tmp_path / "nowhere" / "00000.tar")
     with pytest.raises(FileNotFoundError) as err:
-        WebDatasetShards(str(tmp_path / "nowhere" / "{00000..00003}.tar"))
+        shards(str(tmp_path / "nowhere" / "{00000..00003}.tar"))
     assert missing in str(err.value) and "data.urls" in str(err.value) and "4 of 4 shards" in str(err.value)
     with pytest.raises(ValueError, match="declare data.num_samples"):
-        WebDatasetShards("https://example.com/{0..3}.tar")
-    remote = WebDatasetShards("https://example.com/{0..3}.tar", num_samples=100)
+        shards("https://example.com/{0..3}.tar")
+    remote = shards("https://example.com/{0..3}.tar", num_samples=100)
     assert remote.counts == [25] * 4 and not remote.exact_counts
     with pytest.raises(ValueError, match="twice"):
         expand_urls(["a.tar", "{a,b}.tar"])
     assert expand_urls("x/{0..1}.tar::y.tar") == ["x/0.tar", "x/1.tar", "y.tar"]
     with pytest.raises(ValueError, match="global batch"):
-        build_train_loader(WebDatasetShards(pattern(shard_dir)), 32, 0, seed=0, epoch=0, world_size=2)
+        build_train_loader(shards(pattern(shard_dir)), 32, 0, seed=0, epoch=0, world_size=2)
 
 
 def test_trainer_runs_an_epoch_of_shards_and_logs_bad_samples(shard_dir, tmp_path):

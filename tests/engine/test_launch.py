@@ -253,3 +253,42 @@ def test_describe_failures_root_cause_and_codes(tmp_path):
         ChildFailedError("x", {3: ProcessFailure(local_rank=0, pid=1, exitcode=7, error_file=missing)}), node_rank=0
     )
     assert (lines, code) == (["rank 3 (local 0 on node 0) exited with code 7"], 7)
+
+
+# ------------------------------------------------------------------------- one-line errors
+@pytest.mark.slow
+def test_an_input_error_under_launch_is_the_scripts_one_line(tmp_path):
+    """A config typo prints the same single stderr line (and exit code 2) under launch.py as in
+    a plain process: no torch elastic log line, no launcher line repeating it."""
+    args = ["-c", str(ROOT / "configs/quickstart/clip_vit_tiny_digits.yaml"), "optimzer.lr=1", f"output_dir={tmp_path}"]
+    plain = subprocess.run(
+        [sys.executable, str(ROOT / "tools/train.py"), *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
+        timeout=TIMEOUT_S,
+    )
+    launched = _launch("--launch", str(ROOT / "tools/train.py"), *args, cwd=ROOT)
+    assert plain.returncode == launched.returncode == 2
+    assert plain.stderr.splitlines() == launched.stderr.splitlines()
+    assert len(launched.stderr.splitlines()) == 1 and launched.stderr.startswith("error: ")
+
+
+@pytest.mark.slow
+def test_a_failed_rank_is_one_launcher_line_without_torch_logs(tmp_path):
+    r = _launch("--launch", str(EXIT_WITH), "--np", "1", "3", cwd=tmp_path, timeout=60)
+    assert r.returncode == 3
+    assert r.stderr.splitlines() == ["[launch] rank 0 (local 0 on node 0) exited with code 3"]
+
+
+def test_torch_failure_records_are_dropped_others_kept():
+    import logging
+
+    launch.quiet_torch_failure_logs()
+    launch.quiet_torch_failure_logs()  # idempotent
+    logger = logging.getLogger(launch.TORCH_PROCESS_LOGGER)
+    assert sum(isinstance(f, launch.DropRepeatedFailureLogs) for f in logger.filters) == 1
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord(launch.TORCH_PROCESS_LOGGER, logging.ERROR, __file__, 1, msg, (), None)
+
+    assert not logger.filter(record("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s"))
+    assert not logger.filter(record("Sending process %s closing signal %s"))
+    assert logger.filter(record("Unable to shutdown process %s via %s, forcefully exiting via %s"))
