@@ -23,23 +23,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hirl_like.cli.common import config_parser, run_cleanly
-
 from hirl_like.config import ConfigError, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = Path(__file__).with_name("compare_defaults.yaml")
 TEXT_EVALUATIONS = ("zeroshot", "retrieval")
 
-# (evaluation, column name, how to read the figure from eval_<name>.json)
+# (evaluation, column name, how to read the figure from a model's results in eval_<name>.json)
 COLUMNS: list[tuple[str, str, callable]] = [
-    ("knn", "k-NN top-1 (k=20)", lambda r: r["results"]["pretrained"]["20"]["top1"]),
-    ("linear", "linear top-1", lambda r: r["results"]["test_top1"]),
-    ("clustering", "clustering NMI", lambda r: r["results"]["nmi"]),
-    ("clustering", "clustering acc", lambda r: r["results"]["acc"]),
-    ("zeroshot", "zero-shot top-1", lambda r: r["results"]["top1"]),
-    ("retrieval", "image->text R@1", lambda r: r["results"]["i2t_r1"]),
-    ("retrieval", "text->image R@1", lambda r: r["results"]["t2i_r1"]),
+    ("knn", "k-NN top-1 (k=20)", lambda r: r["20"]["top1"]),
+    ("linear", "linear top-1", lambda r: r["test_top1"]),
+    ("clustering", "clustering NMI", lambda r: r["nmi"]),
+    ("clustering", "clustering acc", lambda r: r["acc"]),
+    ("zeroshot", "zero-shot top-1", lambda r: r["top1"]),
+    ("retrieval", "image->text R@1", lambda r: r["i2t_r1"]),
+    ("retrieval", "text->image R@1", lambda r: r["t2i_r1"]),
 ]
+
+
+def model_results(name: str, report: dict) -> tuple[dict, dict | None]:
+    """(pre-trained results, random-init results or None) of one eval_<name>.json; the random-init
+    reference is there when the evaluation ran with --compare_random_init."""
+    if name == "knn":
+        return report["results"]["pretrained"], report["results"].get("random init")
+    return report["results"], report.get("random_init")
 
 
 REFERENCE_STATUS = "reference"  # status prefix of rows that are not trained methods
@@ -52,15 +59,14 @@ class MethodResult:
     train_time_s: float | None = None
     figures: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    random_init_knn: float | None = None  # eval_knn --compare_random_init: the same ViT untrained
+    peak_memory_mb: float | None = None  # the training process's peak (RSS on CPU, allocated on CUDA)
+    random_init_figures: dict[str, float] = field(default_factory=dict)  # --compare_random_init: the same ViT untrained
 
     @property
     def is_reference(self) -> bool:
         """A reference row (e.g. random init): shown, never a method, never marked best."""
         return self.status.startswith(REFERENCE_STATUS)
 
-
-KNN_COLUMN = COLUMNS[0][1]
 
 
 def last_error_line(text: str) -> str:
@@ -130,26 +136,46 @@ def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
     for name, column, read in COLUMNS:
         report = out / f"eval_{name}.json"
         if name in cfg.evaluations and report.is_file():
-            result.figures[column] = float(read(json.loads(report.read_text())))
-    knn = out / "eval_knn.json"
-    if knn.is_file():
-        untrained = json.loads(knn.read_text())["results"].get("random init")
-        result.random_init_knn = float(untrained["20"]["top1"]) if untrained else None
+            trained, untrained = model_results(name, json.loads(report.read_text()))
+            result.figures[column] = float(read(trained))
+            if untrained is not None:
+                result.random_init_figures[column] = float(read(untrained))
+
+
+def read_peak_memory(out: Path) -> float | None:
+    """``peak_memory_mb`` of the training run's summary record in ``log.jsonl``, if any."""
+    log = out / "log.jsonl"
+    if not log.is_file():
+        return None
+    summaries = [json.loads(line) for line in log.read_text().splitlines() if '"summary"' in line]
+    return summaries[-1].get("peak_memory_mb") if summaries else None
 
 
 def random_init_row(results: list[MethodResult]) -> MethodResult | None:
-    """A reference row: k-NN of the first method's ViT at random initialisation, if measured."""
+    """A reference row: the first measured method's ViT at random initialisation (k-NN, and linear
+    and clustering when those ran with --compare_random_init)."""
     for r in results:
-        if r.random_init_knn is not None:
+        if r.random_init_figures:
             return MethodResult(f"random init ({r.label}'s ViT)", status=f"{REFERENCE_STATUS}, not trained",
-                                figures={KNN_COLUMN: r.random_init_knn})
+                                figures=dict(r.random_init_figures))
     return None
+
+
+def compute_cells(r: MethodResult, baseline: MethodResult | None) -> list[str]:
+    """Train time and peak memory relative to the baseline row (the paper's Table 4 compute column)."""
+    cells = []
+    for mine, base in ((r.train_time_s, baseline and baseline.train_time_s),
+                       (r.peak_memory_mb, baseline and baseline.peak_memory_mb)):
+        cells.append(f"{mine / base:.2f}x" if mine and base else "—")
+    return cells
 
 
 def write_reports(results: list[MethodResult], columns: list[str], folder: Path, title: str) -> None:
     trained = [r for r in results if not r.is_reference]
     best = {c: max((r.figures[c] for r in trained if c in r.figures), default=None) for c in columns}
-    header = ["method", *columns, "train time (s)", "status"]
+    baseline = trained[0] if trained else None
+    relative = f"vs {baseline.label}" if baseline else ""
+    header = ["method", *columns, "train time (s)", f"time {relative}", f"peak memory {relative}", "status"]
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = [r.label]
@@ -161,6 +187,7 @@ def write_reports(results: list[MethodResult], columns: list[str], folder: Path,
                 is_best = r in trained and best[c] is not None and r.figures[c] == best[c]
                 cells.append(f"**{text}**" if is_best else text)
         cells.append(f"{r.train_time_s:.0f}" if r.train_time_s is not None else "—")
+        cells.extend(compute_cells(r, baseline))
         cells.append(r.status + ("; " + "; ".join(r.notes) if r.notes else ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Best value per column in bold (reference rows excluded). '—': not run (no text tower for "
@@ -170,7 +197,8 @@ def write_reports(results: list[MethodResult], columns: list[str], folder: Path,
         writer = csv.writer(f)
         writer.writerow(header)
         for r in results:
-            writer.writerow([r.label, *[r.figures.get(c, "") for c in columns], r.train_time_s or "", r.status])
+            writer.writerow([r.label, *[r.figures.get(c, "") for c in columns], r.train_time_s or "",
+                             *compute_cells(r, baseline), r.status])
     plot(results, columns, folder / "results.png", title)
 
 
@@ -231,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = folder / str(method["label"]).replace("/", "_").replace(" ", "_")
         print(f"[compare] {method['label']}: training ({method['config']})", flush=True)
         result = train_method(cfg, method, out)
+        result.peak_memory_mb = read_peak_memory(out)
         if result.status == "ok":
             print(f"[compare] {method['label']}: evaluating", flush=True)
             evaluate_method(cfg, result, out)
