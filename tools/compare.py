@@ -116,7 +116,8 @@ def train_method(cfg, method: dict, out: Path) -> MethodResult:
 def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
     checkpoint = out / "main_vit_checkpoint.pth"
     has_text = (out / "main_text_checkpoint.pth").is_file()
-    for name, extra in cfg.evaluations.items():
+    for name in cfg.evaluate:
+        extra = cfg.evaluations.get(name, [])
         if name in TEXT_EVALUATIONS and not has_text:
             continue
         report = out / f"eval_{name}.json"
@@ -135,7 +136,7 @@ def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
             marker.write_text(json.dumps({"fingerprint": key, "command": cmd}))
     for name, column, read in COLUMNS:
         report = out / f"eval_{name}.json"
-        if name in cfg.evaluations and report.is_file():
+        if name in cfg.evaluate and report.is_file():
             trained, untrained = model_results(name, json.loads(report.read_text()))
             result.figures[column] = float(read(trained))
             if untrained is not None:
@@ -248,9 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides, defaults=DEFAULTS)
     if not cfg.methods:
         raise ConfigError(f"{args.config}: 'methods' is empty; list at least one {{label, config}}.")
-    for evaluation in cfg.evaluations:
-        if not (ROOT / "eval_common" / f"eval_{evaluation}.py").is_file():
-            raise ConfigError(f"evaluations.{evaluation}: no eval_common/eval_{evaluation}.py")
+    for evaluation in cfg.evaluate:
+        if evaluation not in cfg.evaluations:
+            raise ConfigError(f"evaluate: {evaluation!r} is not one of {', '.join(cfg.evaluations)}.")
     folder = Path(cfg.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "compare_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
@@ -268,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = random_init_row(results)
     if reference is not None:
         results.append(reference)
-    columns = [c for name, c, _ in COLUMNS if name in cfg.evaluations and any(c in r.figures for r in results)]
+    columns = [c for name, c, _ in COLUMNS if name in cfg.evaluate and any(c in r.figures for r in results)]
     write_reports(results, columns, folder, f"Comparison: {Path(args.config).stem}")
     print((folder / "results.md").read_text())
     return 0

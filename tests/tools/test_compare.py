@@ -45,7 +45,8 @@ def test_tiny_comparison_writes_tables_marks_failures_and_resumes(tmp_path):
         "  - {label: CLIP, config: configs/quickstart/clip_vit_tiny_digits.yaml}\n"
         "  - {label: MAE, config: configs/quickstart/mae_vit_tiny_digits.yaml}\n"
         "  - {label: Broken, config: configs/quickstart/clip_vit_tiny_digits.yaml, overrides: [pipeline.vision.depthh=2]}\n"
-        "evaluations: {knn: [--compare_random_init], linear: [--epochs, '2'], zeroshot: []}\n"
+        "evaluate: [knn, linear, zeroshot]\n"
+        "evaluations: {knn: [--compare_random_init], linear: [--epochs, '2', --compare_random_init]}\n"
     )
     out = tmp_path / "out"
     proc = _compare(spec, out)
@@ -56,6 +57,12 @@ def test_tiny_comparison_writes_tables_marks_failures_and_resumes(tmp_path):
     assert "**" not in rows["random init (CLIP's ViT)"]  # a reference, never the best
     assert "failed in training" in rows["Broken"] and "depthh" in rows["Broken"]
     assert "k-NN top-1 (k=20)" in rows["method"] and "zero-shot top-1" in rows["method"]
+    assert "clustering NMI" not in rows["method"]  # only the evaluations listed under `evaluate` run
+    assert "time vs CLIP" in rows["method"] and "peak memory vs CLIP" in rows["method"]
+    assert rows["CLIP"].count("1.00x") == 2  # the baseline row against itself
+    random_cells = [c.strip() for c in rows["random init (CLIP's ViT)"].split("|")]
+    linear_at = [c.strip() for c in rows["method"].split("|")].index("linear top-1")
+    assert random_cells[linear_at] != "—"  # linear ran with --compare_random_init: a reference figure too
     assert "**" in table  # the best value of each column is marked
     with open(out / "results.csv", newline="") as f:
         records = {r["method"]: r for r in csv.DictReader(f)}
