@@ -97,6 +97,19 @@ def write_exports(pipeline: nn.Module, output_dir: str | os.PathLike[str]) -> di
     return paths
 
 
+def stale_exports(pipeline: nn.Module, output_dir: str | os.PathLike[str]) -> list[str]:
+    """Names of the exports ``write_exports`` would write that are missing from ``output_dir`` or
+    older than its ``checkpoint.pth`` (a run killed between its checkpoint and its exports by code
+    that wrote them in the other order, or exports deleted by hand)."""
+    folder = Path(output_dir)
+    checkpoint = folder / CHECKPOINT_NAME
+    wanted = [VISION_EXPORT_NAME] + ([TEXT_EXPORT_NAME] if pipeline.export_text() is not None else [])
+    if not checkpoint.is_file():
+        return wanted
+    written = checkpoint.stat().st_mtime_ns
+    return [name for name in wanted if not (folder / name).is_file() or (folder / name).stat().st_mtime_ns < written]
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading a full training checkpoint
 # ----------------------------------------------------------------------------------------------

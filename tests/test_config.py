@@ -10,10 +10,8 @@ from omegaconf import OmegaConf
 
 from hirl_like.config import (
     ConfigError,
-    apply_overrides,
     dump_config,
     load_config,
-    merge_strict,
     parse_value,
     read_yaml,
     save_config,
@@ -249,9 +247,9 @@ def test_unknown_key_in_a_file_suggests_the_closest(tmp_path):
 def test_plus_adds_a_key_on_the_command_line_and_in_files(tmp_path):
     cfg = load_config(CLIP, ["+note=hello", "+optimizer.fused=false", "+extra={a: 1}"])
     assert cfg.note == "hello" and cfg.optimizer.fused is False and cfg.extra.a == 1
-    child = write(tmp_path / "c.yaml", "+run_name: x\noptimizer:\n  +nesterov: true\n")
+    child = write(tmp_path / "c.yaml", "+run_name: x\noptimizer:\n  +fused: true\n")
     cfg = load_config(child)
-    assert cfg.run_name == "x" and cfg.optimizer.nesterov is True and "+run_name" not in cfg
+    assert cfg.run_name == "x" and cfg.optimizer.fused is True and "+run_name" not in cfg
     with pytest.raises(ConfigError, match="unknown config key 'optimizer.fused'"):
         load_config(CLIP, ["optimizer.fused=false"])
     with pytest.raises(ConfigError, match="unknown config key 'newnode'"):  # only the last part may be new
@@ -278,18 +276,22 @@ def test_wrong_nesting_is_refused():
         load_config(CLIP, ["optimizer.lr.x=1"])
     with pytest.raises(ConfigError, match="pipeline.vision is a mapping"):
         load_config(CLIP, ["pipeline.vision=vit"])
+    with pytest.raises(ConfigError, match="optimizer.name is str 'adamw', not a mapping, so it has no key 'x'"):
+        load_config(CLIP, ["optimizer.name.x=1"])  # a key below a name is not a new component's name
 
 
-def test_merge_strict_and_apply_overrides_directly():
-    base = {"a": 1, "node": {"b": 2.0}}
-    assert merge_strict(base, {"node": {"b": 3}}, source="t") == {"a": 1, "node": {"b": 3}}
-    assert base == {"a": 1, "node": {"b": 2.0}}  # not mutated
-    with pytest.raises(ConfigError, match="t: unknown config key 'node.c'"):
-        merge_strict(base, {"node": {"c": 1}}, source="t")
-    assert apply_overrides(base, ["node.b=0.5", "+c=[1]"]) == {"a": 1, "node": {"b": 0.5}, "c": [1]}
-    component = {"opt": {"name": "adamw", "lr": 0.1}}
-    assert apply_overrides(component, ["opt.name=sgd", "opt.momentum=0.9"]) == {"opt": {"name": "sgd", "momentum": 0.9}}
-    assert component == {"opt": {"name": "adamw", "lr": 0.1}}  # the caller's dict is left alone
+def test_files_and_overrides_merge_by_the_same_rules(tmp_path):
+    write(tmp_path / "base.yaml", "a: 1\nnode: {b: 2.0}\nopt: {name: adamw, lr: 0.1}\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nnode: {b: 3}\n")  # an int where a float was
+    assert to_dict(load_config(child, defaults=None)) == {"a": 1, "node": {"b": 3}, "opt": {"name": "adamw", "lr": 0.1}}
+    bad = write(tmp_path / "bad.yaml", "_base_: base.yaml\nnode: {c: 1}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'node.c'") as info:
+        load_config(bad, defaults=None)
+    assert str(info.value).startswith(f"{bad}: ")
+    cfg = load_config(tmp_path / "base.yaml", ["node.b=0.5", "+c=[1]", "opt.name=sgd", "opt.momentum=0.9"], defaults=None)
+    assert to_dict(cfg) == {"a": 1, "node": {"b": 0.5}, "opt": {"name": "sgd", "momentum": 0.9}, "c": [1]}
+    with pytest.raises(ConfigError, match="override 'node.c=1': unknown config key 'node.c'"):
+        load_config(tmp_path / "base.yaml", ["node.c=1"], defaults=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,9 +299,9 @@ def test_merge_strict_and_apply_overrides_directly():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("config, overrides", [
     (CLIP, []),
-    (HARMONY, ["optimizer.lr=1e-4", "pipeline.vision.depth=2", "grad_clip=null"]),
+    (HARMONY, ["optimizer.lr=1e-4", "pipeline.vision.depth=2", "grad_clip=null", "+optimizer.fused=false"]),
     (CLIP, ["+note='1e-4'", "+day='2024-01-01'", "+flag='true'", "output_dir='a b/c'", "+extra={k: [1, 'x y']}",
-            "+optimizer.fused=false", "transform.name=EvalTransform", "transform.size=32",
+            "transform.name=EvalTransform", "transform.size=32",
             "optimizer.name=sgd", "optimizer.momentum=0.9", "optimizer.lr=0.1"]),
 ])
 def test_saved_config_reloads_identically(tmp_path, config, overrides):
@@ -364,7 +366,10 @@ def test_non_plain_yaml_values_and_bad_interpolations_are_config_errors(tmp_path
 
 
 def test_loaded_config_is_struct_and_plain():
-    cfg = load_config(CLIP)
+    cfg = load_config(CLIP, ["optimizer.name=sgd"])
     with pytest.raises(Exception):
         cfg.optimzer  # noqa: B018 - struct mode: a typo in code fails loudly
+    for node in (cfg.pipeline.vision, cfg.optimizer):  # component and replaced nodes too
+        with pytest.raises(Exception):
+            node.dpth = 4
     assert OmegaConf.is_dict(cfg)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = sorted(p for p in (ROOT / "configs" / "pretrain").rglob("*.yaml") if "_base_" not in p.parts)
 QUICKSTART = sorted((ROOT / "configs" / "quickstart").glob("*.yaml"))
 BENCHMARK = sorted((ROOT / "configs" / "benchmark").glob("*.yaml"))  # digits configs too
-ONE_STEP = ["max_iterations=1", "epochs=1", "batch_size=2", "num_workers=0", "precision=fp32",
+ONE_STEP = ["max_iterations=1", "batch_size=2", "num_workers=0", "precision=fp32",
             "progress_bar=false", "tensorboard=false"]
 
 

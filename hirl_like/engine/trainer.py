@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from hirl_like.engine.checkpoint import (
 from hirl_like.engine.dist_setup import DistInfo
 from hirl_like.engine.logger import ProgressBar, RunningMeans, TrainLogger
 from hirl_like.engine.train_step import TrainStep
-from hirl_like.export import write_exports
+from hirl_like.export import stale_exports, write_exports
 from hirl_like.registry import PIPELINES
 from hirl_like.schedules import Progress
 
@@ -55,6 +56,27 @@ def compile_encoders(pipeline: nn.Module) -> None:
         module = getattr(backbones, name, None)
         if module is not None:
             module.compile()
+
+
+# Keys that define the schedules of a run: resuming under other values would continue a run that
+# was planned differently (lr, weight decay and EMA curves, data order).
+SCHEDULE_KEYS = (
+    "epochs", "batch_size", "seed", "optimizer.name", "optimizer.lr", "optimizer.min_lr", "optimizer.scale_lr",
+    "optimizer.warmup_epochs", "optimizer.weight_decay", "optimizer.weight_decay_end",
+)
+
+
+def changed_schedule_keys(saved: Mapping[str, Any], cfg: DictConfig) -> list[str]:
+    """``key: saved -> now`` for every schedule-defining key whose value differs from the checkpoint's config."""
+    changes, current = [], to_dict(cfg)
+    for key in SCHEDULE_KEYS:
+        old, new = saved, current
+        for part in key.split("."):
+            old = old.get(part) if isinstance(old, Mapping) else None
+            new = new.get(part) if isinstance(new, Mapping) else None
+        if old != new:
+            changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -123,9 +145,17 @@ class Trainer:
         if self.is_main:
             remove_stale_temp_files(self.output_dir)
         path = self.output_dir / CHECKPOINT_NAME
-        if not self.cfg.resume or not path.exists():
+        if not self.cfg.resume.enabled or not path.exists():
             return
         state = load_checkpoint(path)
+        changes = changed_schedule_keys(state.get("config") or {}, self.cfg)
+        if int(state.get("iters_per_epoch", self.iters_per_epoch)) != self.iters_per_epoch:
+            changes.append(f"iterations per epoch: {state['iters_per_epoch']} -> {self.iters_per_epoch} (data or processes)")
+        if changes and not self.cfg.resume.allow_changes:
+            raise ValueError(
+                f"{path} was trained under another schedule ({'; '.join(changes)}). Use another output_dir, "
+                "resume.allow_changes=true to continue under the new values, or resume.enabled=false to start over."
+            )
         try:
             self.pipeline.load_state_dict(state["model"], strict=True)
         except RuntimeError as err:
@@ -144,6 +174,10 @@ class Trainer:
         restore_rng_state(state["rng"])
         if self.is_main:
             print(f"resumed from {path} at iteration {self.iteration} (epoch {self.iteration / self.iters_per_epoch:.2f})")
+            stale = stale_exports(self.pipeline, self.output_dir)
+            if self.iteration >= self.total_iterations and stale:  # a finished run must have its exports
+                write_exports(self.pipeline, self.output_dir)
+                print(f"re-exported {', '.join(stale)} from the finished run's checkpoint")
 
     def _checkpoint_state(self, data_state: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -1,6 +1,7 @@
-"""Command-line error path and ``tools/print_config.py``, run as a user runs them (subprocesses).
+"""Command-line error path and ``tools/print_config.py``, run as a user runs them (subprocesses),
+and ``print_config --defaults`` (every component's constructor defaults, marked).
 
-The three commands start when this module is imported, so that their seconds of importing torch
+The four commands start when this module is imported, so that their seconds of importing torch
 overlap each other and this process's own import of the package; they are checked one by one.
 """
 
@@ -18,6 +19,7 @@ COMMANDS = {
     "train_typo": ["tools/train.py", "-c", CLIP, "optimzer.lr=1"],
     "print_typo": ["tools/print_config.py", "-c", CLIP, "optimzer.lr=1"],
     "print_good": ["tools/print_config.py", "-c", CLIP, *GOOD_OVERRIDES],
+    "print_defaults": ["tools/print_config.py", "-c", CLIP, "--defaults", "pipeline.vision.depth=2"],
 }
 _STARTED = {
     name: subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -27,7 +29,8 @@ _STARTED = {
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from hirl_like.config import dump_config, load_config  # noqa: E402
+from hirl_like.cli.print_config import main as print_config_main  # noqa: E402
+from hirl_like.config import dump_config, load_config, to_dict, with_defaults  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +78,36 @@ def test_printed_config_is_a_valid_config_file(runs, tmp_path):
     path = tmp_path / "printed.yaml"
     path.write_text(runs["print_good"].stdout)
     assert dump_config(load_config(path)) == runs["print_good"].stdout
+
+
+def test_print_config_defaults_shows_every_constructor_default_marked(runs, tmp_path):
+    run = runs["print_defaults"]
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("# Resolved config. Lines marked '# default (X)'")
+    # defaults of the ViT, the text tower, the data set, the transform and the CLIP pipeline's objective
+    for line in ("    drop_path_rate: 0.0  # default (vit)", "    pos_embed: learned  # default (vit)",
+                 "    mlp_ratio: 4.0  # default (text_transformer)", "  val_fraction: 0.2  # default (Digits)",
+                 "  crops: 1  # default (RandomResizedCropTransform)", "  clip:  # default (clip)",
+                 "    soft_temperature: 0.1  # default (clip)", "    max_logit_scale: 100.0  # default (clip)"):
+        assert line in lines, line
+    # what the config and the overrides set is not marked; the builder's own arguments are not shown
+    assert "    depth: 2" in lines and "    patch_size: 8" in lines and "  image_size: 32" in lines
+    assert not any(line.strip().startswith(("seed:", "transform:", "tokenizer:")) and "default" in line for line in lines)
+    # it is a config file: it loads back to the config completed with the defaults
+    path = tmp_path / "full.yaml"
+    path.write_text(run.stdout)
+    expected, _ = with_defaults(to_dict(load_config(ROOT / CLIP, ["pipeline.vision.depth=2"])))
+    assert to_dict(load_config(path)) == expected
+
+
+@pytest.mark.parametrize("config", ["harmony_vit_tiny_digits", "dino_vit_tiny_digits", "slip_vit_tiny_digits"])
+def test_defaults_of_every_listed_objective_are_shown(config, capsys):
+    print_config_main(["-c", f"{ROOT}/configs/quickstart/{config}.yaml", "--defaults"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    pipeline = printed["pipeline"]
+    for objective in pipeline["objectives"]:
+        assert isinstance(pipeline[objective], dict) and pipeline[objective], objective
+    if config == "dino_vit_tiny_digits":  # not in the file: the constructor's values, which will run
+        assert pipeline["dino"]["freeze_last_layer"] == 1.0 and pipeline["dino"]["student_temp"] == 0.1
+        assert pipeline["ema_momentum_end"] == 1.0 and "clip" not in pipeline
