@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_CONFIG ?= configs/quickstart/harmony_vit_tiny_digits.yaml
 DEMO_OUT ?= output/quickstart/demo
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-slow venv clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,10 @@ demo: $(VENV)/.installed
 	$(PY) launch.py --launch eval_common/eval_knn.py --pretrained $(DEMO_OUT)/main_vit_checkpoint.pth --compare_random_init
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -ra
-
-test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -ra -m "not slow"
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -ra -m slow
 
 clean:
 	rm -rf output

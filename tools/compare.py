@@ -266,13 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluate_method(cfg, result, out)
         print(f"[compare] {method['label']}: {result.status} {json.dumps(result.figures)}", flush=True)
         results.append(result)
-    reference = random_init_row(results)
-    if reference is not None:
-        results.append(reference)
-    columns = [c for name, c, _ in COLUMNS if name in cfg.evaluate and any(c in r.figures for r in results)]
-    write_reports(results, columns, folder, f"Comparison: {Path(args.config).stem}")
+        report(cfg, results, folder, Path(args.config).stem)  # the table so far: an interrupted run still has one
     print((folder / "results.md").read_text())
     return 0
+
+
+def report(cfg, results: list[MethodResult], folder: Path, name: str) -> None:
+    """Write results.md / .csv / .png for the methods finished so far, plus the random-init row."""
+    reference = random_init_row(results)
+    rows = results + ([reference] if reference is not None else [])
+    columns = [c for evaluation, c, _ in COLUMNS if evaluation in cfg.evaluate and any(c in r.figures for r in rows)]
+    write_reports(rows, columns, folder, f"Comparison: {name}")
 
 
 if __name__ == "__main__":
