@@ -53,9 +53,11 @@ def test_every_config_is_covered():
 @pytest.mark.parametrize("path", PRETRAIN, ids=lambda p: p.name)
 def test_pretrain_config_takes_one_full_size_step(path, caption_folder, tmp_path, monkeypatch):
     import hirl_like.engine.trainer as trainer_module
+    import hirl_like.export as export_module
 
     written = []  # writing ~1 GB of full-size checkpoint is covered elsewhere; note what would be written
-    monkeypatch.setattr(trainer_module, "save_atomic", lambda state, file: written.append(Path(file).name))
+    for module in (trainer_module, export_module):  # the checkpoint, the exports
+        monkeypatch.setattr(module, "save_atomic", lambda state, file: written.append(Path(file).name))
     # index_cache too: the recipes' cache path is relative to the repository and must not be written by a test
     data = ["data.name=ImageCaptionFolder", f"data.root={caption_folder}", f"data.index_cache={tmp_path / 'index.txt'}"]
     _one_step(path, [*data, *ONE_STEP, f"output_dir={tmp_path}"])
