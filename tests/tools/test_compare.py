@@ -79,7 +79,8 @@ def test_tiny_comparison_writes_tables_marks_failures_and_resumes(tmp_path):
     assert "training reused" in (out / "results.md").read_text()
 
     # a changed evaluation flag re-runs that evaluation (and only it); the old figures are not reused
-    spec.write_text(spec.read_text().replace("linear: [--epochs, '2']", "linear: [--epochs, '3']"))
+    spec.write_text(spec.read_text().replace("linear: [--epochs, '2',", "linear: [--epochs, '3',"))
+    assert "linear: [--epochs, '3'," in spec.read_text()
     first_linear = json.loads((out / "CLIP" / "eval_linear.json").read_text())
     third = _compare(spec, out)
     assert third.returncode == 0, third.stderr[-3000:]
