@@ -109,6 +109,19 @@ def test_only_needed_parts_are_built():
         ComposedPipeline(objectives=["clip"], vision=TINY_VISION)
 
 
+@pytest.mark.parametrize("objectives", [["clip", "ibot"], ["clip", "mlm", "text_distill"]], ids="+".join)
+def test_exports_pair_towers_that_trained_together(objectives):
+    """A teacher on one tower means a teacher on the other, so the exported ViT (the EMA teacher)
+    meets the EMA text tower and projection in zero-shot, never a student it did not train with."""
+    pipeline = build(objectives, clip={"soft_targets": False})
+    backbones = pipeline.backbones
+    assert backbones.teacher_vision is not None and backbones.teacher_text is not None
+    text, projection = backbones.exported_text()
+    assert pipeline.export_vision() is backbones.teacher_vision
+    assert text is backbones.teacher_text and projection is backbones.teacher_image_projection
+    assert any(teacher is backbones.teacher_text for _, teacher in pipeline._ema_pairs())  # it follows the EMA
+
+
 def test_ema_update_follows_formula(batch):
     pipeline = build(["clip", "ibot"])
     pipeline.update_schedules(Progress(0, 10, 100))
@@ -205,10 +218,10 @@ def test_export_loads_strictly_into_timm():
 
 
 def test_exported_projection_pairs_with_exported_vision():
-    """iBOT gives a vision teacher but no text teacher: the exported image projection must be the
-    teacher's, matching main_vit_checkpoint.pth."""
+    """iBOT asks for a vision teacher (CLIP with hard targets asks for none): the exported image
+    projection must be the teacher's, matching main_vit_checkpoint.pth."""
     pipeline = build(["clip", "ibot"], clip={"soft_targets": False})
-    assert pipeline.backbones.teacher_text is None and pipeline.backbones.teacher_vision is not None
+    assert pipeline.backbones.teacher_vision is not None
     text = pipeline.export_text()
     assert torch.equal(text["image_projection"], pipeline.backbones.teacher_image_projection.weight)
     with torch.no_grad():
