@@ -82,9 +82,8 @@ class Backbones(nn.Module):
         With both towers, a teacher of one means a teacher of the other: the exports pair the
         EMA vision teacher with the text encoder for zero-shot and retrieval, and an EMA ViT beside
         a student text tower (CLIP + iBOT with hard targets) or a student ViT beside an EMA text
-        tower (CLIP + text distillation) is a pair that never trained together (zero-shot on the
-        400-iteration Fashion-MNIST ladder: 44.1 for CLIP + iBOT exported that way, 57.2 for CLIP).
-        The extra teacher only follows the EMA; no objective reads it.
+        tower (CLIP + text distillation) would be a pair that never trained together. The extra
+        teacher only follows the EMA; no objective reads it.
         """
         if self.student_text is not None and self.image_projection is not None:
             if self._want_vision_teacher or self._want_text_teacher:
