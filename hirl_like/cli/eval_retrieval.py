@@ -29,10 +29,8 @@ from hirl_like.cli.eval_shared import (
     eval_parser,
     features_for_split,
     parse_ks,
-    pretrained_backbone,
     run_eval,
-    start,
-    text_tower_from_args,
+    start_with_text_tower,
     write_report,
 )
 from hirl_like.evaluation.report import format_table
@@ -76,12 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ks = parse_ks(parser, args.ks)
     if args.captions_per_image < 1:
         parser.error("--captions_per_image must be >= 1")
-    if args.text_batch_size < 1:
-        parser.error("--text_batch_size must be >= 1")
-    cfg, dist = start(args)
-    model, source = pretrained_backbone(cfg, args)
-    tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
-    tower = tower.to(dist.device)
+    cfg, dist, model, source, tower, text_source = start_with_text_tower(parser, args)
     image_x, labels, dataset = features_for_split(
         model, cfg, args.test_split, args, dist, forward=lambda x: tower.encode_image(model(x))
     )

@@ -149,6 +149,19 @@ def text_tower_from_args(args: argparse.Namespace, vision_width: int | None = No
     return load_text_tower(path, vision_width), str(path)
 
 
+def start_with_text_tower(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[DictConfig, DistInfo, nn.Module, str, TextTower, str]:
+    """What zero-shot and retrieval share: the process group, the pre-trained backbone and the text
+    tower on the evaluation device; returns (cfg, dist, backbone, its source, tower, its source)."""
+    if args.text_batch_size < 1:
+        parser.error("--text_batch_size must be >= 1")
+    cfg, dist = start(args)
+    model, source = pretrained_backbone(cfg, args)
+    tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
+    return cfg, dist, model, source, tower.to(dist.device), text_source
+
+
 # ----------------------------------------------------------------------------------------------
 # Features and reports
 # ----------------------------------------------------------------------------------------------

@@ -25,10 +25,8 @@ from hirl_like.cli.eval_shared import (
     eval_entry,
     eval_parser,
     features_for_split,
-    pretrained_backbone,
     run_eval,
-    start,
-    text_tower_from_args,
+    start_with_text_tower,
     write_report,
 )
 from hirl_like.data.build import build_eval_dataset
@@ -68,12 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--imagenet_templates", action="store_true",
                         help="open_clip's OpenAI ImageNet templates and class names (1000-class datasets)")
     args = parser.parse_args(argv)
-    if args.text_batch_size < 1:
-        parser.error("--text_batch_size must be >= 1")
-    cfg, dist = start(args)
-    model, source = pretrained_backbone(cfg, args)
-    tower, text_source = text_tower_from_args(args, vision_width=int(model.embed_dim))
-    tower = tower.to(dist.device)
+    cfg, dist, model, source, tower, text_source = start_with_text_tower(parser, args)
     # Prompts first: a class-name problem should stop the run before the image pass.
     classnames, templates, template_source = class_prompts(
         build_eval_dataset(cfg, args.test_split), args.imagenet_templates, warn=dist.rank == 0
