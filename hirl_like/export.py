@@ -47,9 +47,9 @@ from hirl_like.evaluation.text_tower import TextTower
 from hirl_like.registry import MODELS, PIPELINES, RegistryError
 
 __all__ = [
-    "CHECKPOINT_NAME", "TEXT_EXPORT_NAME", "VISION_EXPORT_NAME", "build_vision_backbone", "default_text_checkpoint",
-    "load_text_tower", "load_vision_backbone", "pipeline_from_checkpoint", "text_export", "text_tower_from_export",
-    "vision_export", "write_exports",
+    "CHECKPOINT_NAME", "TEXT_EXPORT_NAME", "TOWERS", "VISION_EXPORT_NAME", "build_vision_backbone",
+    "default_text_checkpoint", "load_text_tower", "load_vision_backbone", "pipeline_from_checkpoint", "student_pipeline",
+    "text_export", "text_tower_from_export", "vision_export", "write_exports",
 ]
 
 TOKENIZERS = ("clip_bpe",)
@@ -148,6 +148,38 @@ def _module_name(root: nn.Module, module: nn.Module) -> str:
     return next((name for name, m in root.named_modules() if m is module), type(module).__name__)
 
 
+TOWERS = ("exported", "student")
+"""Which towers an evaluation reads: the exported ones (the EMA teachers when the method has them,
+as the papers evaluate) or the students, read from the run's full ``checkpoint.pth``."""
+
+
+def student_pipeline(path: str | os.PathLike[str]) -> tuple[nn.Module, Path]:
+    """The pipeline of the run that wrote ``path`` with its EMA teachers dropped, so that its
+    exports are the students; and the checkpoint read.
+
+    ``path`` is the run's ``checkpoint.pth`` or any file beside it (e.g. ``main_vit_checkpoint.pth``).
+    At short budgets an EMA teacher trails its student (a momentum going to 1 freezes it before
+    the run ends), and this reads the students to tell that lag from what the objectives learnt.
+    """
+    path = Path(path)
+    checkpoint = path if path.name == CHECKPOINT_NAME else path.resolve().parent / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"--towers student reads the students from the run's {CHECKPOINT_NAME}, and there is none at {checkpoint}."
+        )
+    payload = load_checkpoint_file(checkpoint)
+    if not is_training_checkpoint(payload):
+        raise ValueError(f"{checkpoint} is not a training checkpoint (no pipeline state and config): --towers student needs one.")
+    pipeline = pipeline_from_checkpoint(payload, checkpoint)
+    pipeline.backbones.drop_teachers()
+    return pipeline, checkpoint
+
+
+def _check_towers(towers: str) -> None:
+    if towers not in TOWERS:
+        raise ValueError(f"towers={towers!r}: choose one of {', '.join(TOWERS)}.")
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading the vision backbone
 # ----------------------------------------------------------------------------------------------
@@ -163,6 +195,7 @@ def load_vision_backbone(
     vision_config: Mapping[str, Any] | None = None,
     model_prefix: str | None = None,
     backbone_prefix: str | None = None,
+    towers: str = "exported",
 ) -> tuple[nn.Module, str]:
     """A pre-trained ViT, strictly loaded, in eval mode, and a note of what was read.
 
@@ -172,9 +205,19 @@ def load_vision_backbone(
     under ``model_prefix`` / ``backbone_prefix`` when given (which also read a full checkpoint
     by key, e.g. its student: ``model`` / ``backbones.student_vision.``).
 
+    ``towers="student"`` reads the student ViT of the run's ``checkpoint.pth`` instead
+    (:func:`student_pipeline`).
+
     Reading leaves the global RNG untouched. Raises FileNotFoundError for a missing file and
     ValueError for one that does not fit.
     """
+    _check_towers(towers)
+    if towers == "student":
+        if model_prefix is not None or backbone_prefix is not None:
+            raise ValueError("--towers student reads the run's checkpoint.pth by its config: drop --model_prefix / --backbone_prefix.")
+        pipeline, checkpoint = student_pipeline(path)
+        vit = pipeline.export_vision()
+        return vit.eval(), f"{checkpoint} [model:{_module_name(pipeline, vit)}.]"
     payload = load_checkpoint_file(path)
     if model_prefix is None and backbone_prefix is None and is_training_checkpoint(payload):
         pipeline = pipeline_from_checkpoint(payload, path)
@@ -251,18 +294,24 @@ def text_tower_from_export(
     return TextTower(text, projection, tokenizer, float(scale) if scale is not None else None)
 
 
-def load_text_tower(path: str | os.PathLike[str], vision_width: int | None = None) -> TextTower:
-    """The text tower stored at ``path`` (``main_text_checkpoint.pth`` or a full ``checkpoint.pth``).
+def load_text_tower(path: str | os.PathLike[str], vision_width: int | None = None, towers: str = "exported") -> TextTower:
+    """The text tower stored at ``path`` (``main_text_checkpoint.pth`` or a full ``checkpoint.pth``);
+    with ``towers="student"`` the student text tower of the run's ``checkpoint.pth``.
 
     Raises FileNotFoundError for a missing file and ValueError for one that does not fit
     (another architecture, another run's width, a run without a text tower).
     """
-    payload = load_checkpoint_file(path)
-    if is_training_checkpoint(payload):
-        payload = text_export(pipeline_from_checkpoint(payload, path))
-        if payload is None:
-            raise ValueError(
-                f"{path} is a training checkpoint without a text tower: its method trains no text encoder, so "
-                "zero-shot and retrieval cannot run on it."
-            )
+    _check_towers(towers)
+    if towers == "student":
+        pipeline, path = student_pipeline(path)
+        payload = text_export(pipeline)
+    else:
+        payload = load_checkpoint_file(path)
+        if is_training_checkpoint(payload):
+            payload = text_export(pipeline_from_checkpoint(payload, path))
+    if payload is None:
+        raise ValueError(
+            f"{path} is a training checkpoint without a text tower: its method trains no text encoder, so "
+            "zero-shot and retrieval cannot run on it."
+        )
     return text_tower_from_export(payload, path, vision_width)

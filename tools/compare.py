@@ -113,18 +113,31 @@ def train_method(cfg, method: dict, out: Path) -> MethodResult:
     return result
 
 
+STUDENT = "student"
+STUDENT_SUFFIX = " (students)"  # column suffix of the student_evaluate figures
+
+
+def evaluations_to_run(cfg) -> list[tuple[str, str]]:
+    """[(evaluation, towers)]: every ``evaluate`` entry on the exports, then every
+    ``student_evaluate`` entry on the students (``--towers student``)."""
+    return [(name, "exported") for name in cfg.evaluate] + [(name, STUDENT) for name in cfg.student_evaluate]
+
+
 def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
     checkpoint = out / "main_vit_checkpoint.pth"
     has_text = (out / "main_text_checkpoint.pth").is_file()
-    for name in cfg.evaluate:
-        extra = cfg.evaluations.get(name, [])
+    for name, towers in evaluations_to_run(cfg):
+        extra = list(cfg.evaluations.get(name, []))
         if name in TEXT_EVALUATIONS and not has_text:
             continue
-        report = out / f"eval_{name}.json"
+        stem = f"eval_{name}" + ("_student" if towers == STUDENT else "")
+        if towers == STUDENT:
+            extra = [a for a in extra if a != "--compare_random_init"] + ["--towers", STUDENT]
+        report = out / f"{stem}.json"
         cmd = ["launch.py", "--launch", f"eval_common/eval_{name}.py", *cfg.launcher,
                "--pretrained", str(checkpoint), *extra, *cfg.eval_overrides]
         # reused only if made by this exact command from this checkpoint: changed flags re-run it
-        marker = out / f"eval_{name}.done.json"
+        marker = out / f"{stem}.done.json"
         key = fingerprint([*cmd, str(checkpoint.stat().st_mtime_ns)])
         if report.is_file() and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == key:
             continue
@@ -141,6 +154,9 @@ def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
             result.figures[column] = float(read(trained))
             if untrained is not None:
                 result.random_init_figures[column] = float(read(untrained))
+        report = out / f"eval_{name}_student.json"
+        if name in cfg.student_evaluate and report.is_file():
+            result.figures[column + STUDENT_SUFFIX] = float(read(model_results(name, json.loads(report.read_text()))[0]))
 
 
 def read_peak_memory(out: Path) -> float | None:
@@ -249,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides, defaults=DEFAULTS)
     if not cfg.methods:
         raise ConfigError(f"{args.config}: 'methods' is empty; list at least one {{label, config}}.")
-    for evaluation in cfg.evaluate:
+    for evaluation in [*cfg.evaluate, *cfg.student_evaluate]:
         if evaluation not in cfg.evaluations:
             raise ConfigError(f"evaluate: {evaluation!r} is not one of {', '.join(cfg.evaluations)}.")
     folder = Path(cfg.output_dir)
@@ -276,6 +292,8 @@ def report(cfg, results: list[MethodResult], folder: Path, name: str) -> None:
     reference = random_init_row(results)
     rows = results + ([reference] if reference is not None else [])
     columns = [c for evaluation, c, _ in COLUMNS if evaluation in cfg.evaluate and any(c in r.figures for r in rows)]
+    columns += [c + STUDENT_SUFFIX for evaluation, c, _ in COLUMNS
+                if evaluation in cfg.student_evaluate and any(c + STUDENT_SUFFIX in r.figures for r in rows)]
     write_reports(rows, columns, folder, f"Comparison: {name}")
 
 

@@ -30,6 +30,7 @@ from hirl_like.evaluation.report import write_json
 from hirl_like.evaluation.text_tower import TextTower
 from hirl_like.export import (
     TEXT_EXPORT_NAME,
+    TOWERS,
     build_vision_backbone,
     default_text_checkpoint,
     load_text_tower,
@@ -51,6 +52,9 @@ def eval_parser(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help="training config (default: config.yaml beside the checkpoint)")
     parser.add_argument("--model_prefix", default=None, help="sub-dictionary of the checkpoint holding the weights (e.g. teacher, model, state_dict)")
     parser.add_argument("--backbone_prefix", default=None, help="key prefix to strip (e.g. backbone., module.backbone.)")
+    parser.add_argument("--towers", default="exported", choices=TOWERS,
+                        help="exported: the run's exports (its EMA teachers when it has them); student: the students, "
+                             "read from the run's checkpoint.pth (reports go to eval_<name>_student.json)")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -112,7 +116,8 @@ def start(args: argparse.Namespace) -> tuple[DictConfig, DistInfo]:
 
 def pretrained_backbone(cfg: DictConfig, args: argparse.Namespace) -> tuple[nn.Module, str]:
     """The ``--pretrained`` ViT, strictly loaded, and a note of what was read."""
-    return load_vision_backbone(args.pretrained, cfg.pipeline.vision, args.model_prefix, args.backbone_prefix)
+    return load_vision_backbone(args.pretrained, cfg.pipeline.vision, args.model_prefix, args.backbone_prefix,
+                                towers=getattr(args, "towers", "exported"))
 
 
 def random_init_backbone(cfg: DictConfig) -> nn.Module:
@@ -134,6 +139,10 @@ def backbones_to_evaluate(cfg: DictConfig, args: argparse.Namespace) -> tuple[li
 
 def text_tower_from_args(args: argparse.Namespace, vision_width: int | None = None) -> tuple[TextTower, str]:
     """The tower of ``--text_pretrained`` (default: the export beside ``--pretrained``) and its path."""
+    towers = getattr(args, "towers", "exported")
+    if towers == "student":  # the students of the run's checkpoint.pth, next to --pretrained
+        path = Path(args.text_pretrained or args.pretrained)
+        return load_text_tower(path, vision_width, towers=towers), str(path)
     if args.text_pretrained:
         path = Path(args.text_pretrained)
         if not path.exists():
@@ -195,13 +204,15 @@ def num_classes_of(dataset: Any, labels: Tensor) -> int:
 def output_path(args: argparse.Namespace, name: str) -> Path:
     folder = Path(args.output_dir) if args.output_dir else Path(args.pretrained).resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"eval_{name}.json"
+    suffix = "_student" if getattr(args, "towers", "exported") == "student" else ""
+    return folder / f"eval_{name}{suffix}.json"
 
 
 def write_report(args: argparse.Namespace, name: str, payload: dict[str, Any]) -> Path:
-    """Write ``eval_<name>.json`` ({"metric": name, **payload}) and say where (call on rank 0)."""
+    """Write ``eval_<name>.json`` ({"metric": name, "towers": ..., **payload}; ``eval_<name>_student.json``
+    with ``--towers student``) and say where (call on rank 0)."""
     path = output_path(args, name)
-    write_json(path, {"metric": name, **payload})
+    write_json(path, {"metric": name, "towers": getattr(args, "towers", "exported"), **payload})
     print(f"wrote {path}")
     return path
 

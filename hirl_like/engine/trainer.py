@@ -14,6 +14,7 @@ one that was never interrupted. Checkpoints also hold the unfinished epoch's bad
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,6 +140,8 @@ class Trainer:
                 find_unused_parameters=bool(cfg.find_unused_parameters),
             )
         self.logger = TrainLogger(self.output_dir, enabled=self.is_main, tensorboard=bool(cfg.tensorboard))
+        if self.is_main:
+            warn_if_teachers_lag(self.pipeline, self.iters_per_epoch, self.schedule_iterations, self.total_iterations)
 
     # -- resume ------------------------------------------------------------------------------
     def _resume_if_possible(self) -> None:
@@ -350,3 +353,24 @@ class Trainer:
         if not in_sync:
             raise RuntimeError(f"ranks ended with different weights: checksums {checksums}")
         return summary
+
+
+TEACHER_INIT_WARN_SHARE = 0.01
+
+
+def warn_if_teachers_lag(pipeline: nn.Module, iters_per_epoch: int, schedule_iterations: int, run_iterations: int) -> None:
+    """One line on stderr when the EMA teachers would end the run still holding more than 1% of
+    their random initialisation: their soft targets were then partly a random network's and the
+    exported teacher trails its student (see ComposedPipeline.teacher_initial_share)."""
+    share_of = getattr(pipeline, "teacher_initial_share", None)
+    share = share_of(iters_per_epoch, schedule_iterations, run_iterations) if share_of is not None else None
+    if share is None or share <= TEACHER_INIT_WARN_SHARE:
+        return
+    start = pipeline.ema_momentum_at_start(Progress(0, iters_per_epoch, schedule_iterations))
+    print(
+        f"warning: after {run_iterations} iterations the EMA teachers still hold {share:.0%} of their random "
+        f"initialisation (EMA momentum {start:.4g} -> {pipeline.ema_momentum_end:g}); "
+        "the exported teacher will trail its student. Give the teacher a half-life that fits the run, "
+        "e.g. pipeline.ema_half_life=1%, or train longer.",
+        file=sys.stderr, flush=True,
+    )

@@ -1,3 +1,3 @@
 """Models: ViT (timm), CLIP text transformer, heads, decoders."""
 
-from hirl_like.models import decoders, heads, pos_embed, text, vit  # noqa: F401
+from hirl_like.models import decoders, heads, pos_embed, resnet, text, vit  # noqa: F401

@@ -122,6 +122,11 @@ class Backbones(nn.Module):
         projection = self.teacher_image_projection if self.teacher_vision is not None else self.image_projection
         return text, projection
 
+    def drop_teachers(self) -> None:
+        """Remove the EMA teachers, so that the exports are the students (evaluation of a rebuilt
+        pipeline only: training cannot go on without them)."""
+        self.teacher_vision = self.teacher_text = self.teacher_image_projection = None
+
     def train(self, mode: bool = True) -> "Backbones":
         super().train(mode)
         for teacher in (self.teacher_vision, self.teacher_text, self.teacher_image_projection):

@@ -126,6 +126,32 @@ def test_prefix_flags_read_a_full_checkpoint_by_key(clip_ibot):
     assert note.endswith("[model:backbones.student_vision.]")
 
 
+def test_towers_student_reads_the_students_of_the_run(clip_ibot, tmp_path):
+    """--towers student: the student ViT, the student text tower and the student image projection,
+    whichever file of the run is named; the teachers stay the default."""
+    pipeline, paths, folder = clip_ibot
+    b = pipeline.backbones
+    images = _images()
+    for named in (paths["vision"], folder / "checkpoint.pth"):
+        vit, note = load_vision_backbone(named, VISION, towers="student")
+        tower = load_text_tower(named, vision_width=64, towers="student")
+        with torch.no_grad():
+            assert torch.equal(vit(images), b.student_vision(images))
+            assert not torch.equal(vit(images), b.teacher_vision(images))
+            assert torch.equal(tower.encode_image(vit(images)), F.normalize(b.image_projection(b.student_vision(images)), dim=-1))
+        assert torch.equal(tower.text.state_dict()["token_embedding.weight"], b.student_text.state_dict()["token_embedding.weight"])
+        assert note.endswith("[model:backbones.student_vision.]")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    write_exports(pipeline, lone)  # exports without their checkpoint.pth
+    with pytest.raises(FileNotFoundError, match="--towers student reads the students"):
+        load_vision_backbone(lone / VISION_EXPORT_NAME, VISION, towers="student")
+    with pytest.raises(ValueError, match="drop --model_prefix"):
+        load_vision_backbone(folder / "checkpoint.pth", VISION, "model", towers="student")
+    with pytest.raises(ValueError, match="choose one of exported, student"):
+        load_vision_backbone(folder / "checkpoint.pth", VISION, towers="teacher")
+
+
 def test_loading_leaves_the_global_rng_alone(clip_ibot):
     _, _, folder = clip_ibot
     state = torch.get_rng_state()

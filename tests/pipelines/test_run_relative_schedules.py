@@ -50,6 +50,30 @@ def test_ema_half_life_sets_the_start_momentum_for_any_budget():
         build(["clip", "ibot"], ema_half_life="5")
 
 
+
+def test_teacher_initial_share_is_what_the_ema_keeps_of_the_initial_weights(capsys):
+    """Reference: run the EMA itself on a scalar teacher that starts at 1 while its student sits at 0;
+    after the run the teacher holds exactly its share of the initialisation."""
+    from hirl_like.engine.trainer import warn_if_teachers_lag
+
+    pipeline = build(["clip", "ibot"], ema_momentum=0.99)
+    teacher = 1.0
+    for it in range(400):
+        pipeline.update_schedules(Progress(it, 10, 400))
+        teacher = pipeline.ema_momentum * teacher + (1 - pipeline.ema_momentum) * 0.0
+    assert pipeline.teacher_initial_share(10, 400) == pytest.approx(teacher, rel=1e-9)
+    assert teacher == pytest.approx(0.134, abs=1e-3)  # 0.99 -> 1 over 400 iterations: 13% random init left
+    assert pipeline.teacher_initial_share(10, 400, run_iterations=200) > teacher  # stopped half-way: more left
+    warn_if_teachers_lag(pipeline, 10, 400, 400)
+    assert "13% of their random initialisation" in capsys.readouterr().err
+
+    fitted = build(["clip", "ibot"], ema_half_life="1%")
+    assert fitted.teacher_initial_share(10, 400) < 1e-12
+    warn_if_teachers_lag(fitted, 10, 400, 400)
+    assert capsys.readouterr().err == ""
+    assert build(["clip"], clip={"soft_targets": False}).teacher_initial_share(10, 400) is None  # no teacher, nothing to say
+
+
 # -- MAE mask-ratio schedule --------------------------------------------------------------------
 def test_mae_mask_ratio_follows_its_schedule(batch):
     pipeline = build(["mae"], mae={"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,

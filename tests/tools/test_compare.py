@@ -86,3 +86,44 @@ def test_tiny_comparison_writes_tables_marks_failures_and_resumes(tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     assert (out / "CLIP" / "eval_knn.json").stat().st_mtime == first_knn
     assert json.loads((out / "CLIP" / "eval_linear.json").read_text()) != first_linear
+
+
+def test_student_evaluate_runs_the_students_and_adds_their_columns(tmp_path, monkeypatch):
+    """`student_evaluate: [knn]` runs eval_knn.py again with --towers student (and without the
+    random-init reference) and reads eval_knn_student.json into a '(students)' column."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_tool", ROOT / "tools" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare_tool", compare)  # dataclasses look their module up
+    spec.loader.exec_module(compare)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "main_vit_checkpoint.pth").write_bytes(b"")
+    commands = []
+
+    def fake_run(cmd, log):
+        commands.append(cmd)
+        student = "--towers" in cmd
+        top1 = 70.0 if student else 60.0
+        results = {"pretrained": {"20": {"top1": top1}}}
+        if not student:
+            results["random init"] = {"20": {"top1": 50.0}}
+        (out / ("eval_knn_student.json" if student else "eval_knn.json")).write_text(json.dumps({"results": results}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(compare, "run", fake_run)
+    (tmp_path / "spec.yaml").write_text("methods: []\n")
+    cfg = load_config(tmp_path / "spec.yaml", ["evaluate=[knn]", "student_evaluate=[knn]", "evaluations.knn=[--compare_random_init]"],
+                      defaults=COMPARE_DEFAULTS)
+    result = compare.MethodResult("Harmony")
+    compare.evaluate_method(cfg, result, out)
+    assert len(commands) == 2
+    assert "--compare_random_init" in commands[0] and "--towers" not in commands[0]
+    assert "--compare_random_init" not in commands[1]
+    assert commands[1][commands[1].index("--towers") + 1] == "student"
+    assert result.figures == {"k-NN top-1 (k=20)": 60.0, "k-NN top-1 (k=20) (students)": 70.0}
+    assert result.random_init_figures == {"k-NN top-1 (k=20)": 50.0}
+    compare.report(cfg, [result], tmp_path, "t")
+    header = (tmp_path / "results.md").read_text().splitlines()[2]
+    assert "k-NN top-1 (k=20) | k-NN top-1 (k=20) (students)" in header
