@@ -8,16 +8,12 @@ rank equals Sinkhorn over (whole queue + whole batch) in one process."""
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from hirl_like.losses.moco import MoCoV2Loss, MoCoV3Loss
 from hirl_like.losses.swav import SwAVLoss, sinkhorn_knopp
+from tests.losses._two_ranks import ranks_and_single
 
 WORLD, B, D, K, QUEUE, CROPS, STEPS = 2, 2, 4, 5, 8, 3, 3
 
@@ -69,26 +65,8 @@ def _compute(x: dict[str, torch.Tensor], lo: int, hi: int) -> dict[str, torch.Te
     return {k: v.detach().clone() for k, v in res.items()}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        torch.save(_compute(_inputs(), rank * B, (rank + 1) * B), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    torch.set_num_threads(1)
-    single = _compute(_inputs(), 0, WORLD * B)
+    ranks, single = ranks_and_single(_compute, _inputs, B, WORLD, tmp_path)
     close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731
 
     losses = [f"m2_loss{s}" for s in range(STEPS)] + ["m3_loss"] + [f"sw_loss{s}" for s in range(STEPS)]
