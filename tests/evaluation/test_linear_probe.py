@@ -7,13 +7,7 @@ from torch import nn
 from hirl_like.evaluation.linear_probe import linear_probe, stratified_split, train_linear_heads
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Hundreds of tiny SGD steps: intra-op threads only add synchronisation cost on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _separable(n, seed, c=4, d=8):

@@ -10,12 +10,7 @@ from hirl_like.models.resnet import ResNet, create_timm_resnet, create_torchvisi
 from hirl_like.registry import MODELS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> None:
