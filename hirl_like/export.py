@@ -3,9 +3,11 @@
 Files in a run's ``output_dir``:
 
 ``main_vit_checkpoint.pth``
-    The exported ViT (the EMA teacher when the method has one, else the student) as a plain timm
-    state dict: it loads with ``strict=True`` into ``timm.create_model('vit_small_patch16_224',
-    num_classes=0, img_size=..., patch_size=...)`` (no mask token, no prefix).
+    The exported ViT (the EMA teacher when the method has one, else the student; the student
+    for MoCo v2/v3, which evaluate their query encoder: ``Backbones.prefer_student_export``) as
+    a plain timm state dict: it loads with ``strict=True`` into ``timm.create_model(
+    'vit_small_patch16_224', num_classes=0, img_size=..., patch_size=...)`` (no mask token, no
+    prefix). A ResNet backbone writes its ``ResNet.export_state_dict`` (timm/torchvision keys).
 ``main_text_checkpoint.pth`` (methods with a text tower)::
 
     {"text": TextTransformer state dict (text_projection included),
@@ -47,7 +49,7 @@ from hirl_like.evaluation.text_tower import TextTower
 from hirl_like.registry import MODELS, PIPELINES, RegistryError
 
 __all__ = [
-    "CHECKPOINT_NAME", "TEXT_EXPORT_NAME", "TOWERS", "VISION_EXPORT_NAME", "build_vision_backbone",
+    "CHECKPOINT_NAME", "TEXT_EXPORT_NAME", "TOWERS", "VISION_EXPORT_NAME", "build_vision_backbone", "export_target",
     "default_text_checkpoint", "load_text_tower", "load_vision_backbone", "pipeline_from_checkpoint", "student_pipeline",
     "text_export", "text_tower_from_export", "vision_export", "write_exports",
 ]
@@ -150,7 +152,8 @@ def _module_name(root: nn.Module, module: nn.Module) -> str:
 
 TOWERS = ("exported", "student")
 """Which towers an evaluation reads: the exported ones (the EMA teachers when the method has them,
-as the papers evaluate) or the students, read from the run's full ``checkpoint.pth``."""
+as the papers evaluate, except MoCo v2/v3 whose exports are the students already) or the
+students, read from the run's full ``checkpoint.pth``."""
 
 
 def student_pipeline(path: str | os.PathLike[str]) -> tuple[nn.Module, Path]:
@@ -186,8 +189,40 @@ def _check_towers(towers: str) -> None:
 
 
 def build_vision_backbone(vision_config: Mapping[str, Any]) -> nn.Module:
-    """A randomly initialised ViT of ``vision_config`` (a MODELS node), without drop path, in eval mode."""
+    """A randomly initialised backbone of ``vision_config`` (a MODELS node), without drop path, in eval mode."""
     return MODELS.build({**dict(vision_config), "drop_path_rate": 0.0}).eval()
+
+
+def export_target(model: nn.Module) -> nn.Module:
+    """The module whose ``state_dict()`` has the keys of ``model.export_state_dict()`` (what
+    ``main_vit_checkpoint.pth`` holds): the model itself for a ViT (its export is its state dict
+    less the mask token), the wrapped network for a :class:`~hirl_like.models.resnet.ResNet`
+    (its timm network ``model``, whose keys the export keeps without the ``model.`` prefix)."""
+    if not hasattr(model, "export_state_dict"):
+        return model
+    own = set(model.state_dict())
+    exported = set(model.export_state_dict())
+    if exported <= own:
+        return model
+    for child in model.children():
+        if set(child.state_dict()) == exported:
+            return child
+    return model
+
+
+def _stem_hint(model: nn.Module, state: Mapping[str, Any]) -> str | None:
+    """What to pass when a ResNet checkpoint's stem (``conv1``) is the other one of the two stems."""
+    if not hasattr(model, "small_image_stem"):
+        return None
+    weight = state.get("conv1.weight")
+    if not isinstance(weight, Tensor) or weight.ndim != 4 or weight.shape[-1] not in (3, 7):
+        return None
+    small = int(weight.shape[-1]) == 3
+    if small == bool(model.small_image_stem):
+        return None
+    kind = "the 3x3 small-image (CIFAR) stem" if small else "the standard 7x7 stem"
+    return (f"the checkpoint's conv1 is {tuple(weight.shape)}, {kind}: pass "
+            f"pipeline.vision.small_image_stem={'true' if small else 'false'}.")
 
 
 def load_vision_backbone(
@@ -197,13 +232,16 @@ def load_vision_backbone(
     backbone_prefix: str | None = None,
     towers: str = "exported",
 ) -> tuple[nn.Module, str]:
-    """A pre-trained ViT, strictly loaded, in eval mode, and a note of what was read.
+    """A pre-trained vision backbone (ViT or ResNet), strictly loaded, in eval mode, and a note of what was read.
 
     ``path`` is a ``main_vit_checkpoint.pth``, a full ``checkpoint.pth`` (its exported backbone,
     as :func:`write_exports` picks it), or any timm / DINO / iBOT / DeiT state dict; for the
     latter the architecture is ``vision_config`` and the weights are found automatically, or
     under ``model_prefix`` / ``backbone_prefix`` when given (which also read a full checkpoint
-    by key, e.g. its student: ``model`` / ``backbones.student_vision.``).
+    by key, e.g. its student: ``model`` / ``backbones.student_vision.``). A ResNet reads the keys of
+    its export (timm's = torchvision's backbone keys, :func:`export_target`), e.g. MoCo's
+    ``{"state_dict": {"module.encoder_q.conv1.weight": ...}}`` with ``backbone_prefix="module.encoder_q."``
+    (its ``fc`` head is dropped).
 
     ``towers="student"`` reads the student ViT of the run's ``checkpoint.pth`` instead
     (:func:`student_pipeline`).
@@ -227,14 +265,19 @@ def load_vision_backbone(
         raise ValueError(f"{path} is a state dict without its architecture: pass the training config's pipeline.vision.")
     with torch.random.fork_rng(devices=[]):  # initial weights, overwritten below
         model = build_vision_backbone(vision_config)
-    own = model.state_dict()
+    target = export_target(model)
+    own = target.state_dict()
     optional = {"mask_token"} & set(own)  # iBOT's mask token: exported checkpoints leave it out
     state = extract_state_dict(
         payload, model_prefix=model_prefix, backbone_prefix=backbone_prefix, expected_keys=set(own) - optional
     )
     for key in optional - set(state):
         state[key] = own[key]
-    load_backbone_strict(model, state)
+    try:
+        load_backbone_strict(target, state)
+    except ValueError as err:
+        hint = _stem_hint(model, state)
+        raise ValueError(f"{err}\n  hint: {hint}" if hint else str(err)) from None
     flags = f" [{model_prefix or ''}:{backbone_prefix or ''}]" if model_prefix or backbone_prefix else ""
     return model, f"{path}{flags}"
 

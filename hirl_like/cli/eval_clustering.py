@@ -1,4 +1,4 @@
-"""k-means clustering of frozen CLS features (HIRL / ProtoCLIP protocol).
+"""k-means clustering of frozen CLS features (a ResNet: its pooled features) (HIRL / ProtoCLIP protocol).
 
     python3 launch.py --launch eval_common/eval_clustering.py --pretrained OUT/main_vit_checkpoint.pth [--compare_random_init]
 
@@ -23,6 +23,7 @@ from hirl_like.cli.eval_shared import (
     backbones_to_evaluate,
     eval_entry,
     eval_parser,
+    feature_name,
     features_for_split,
     num_classes_of,
     run_eval,
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "restarts": args.restarts,
             "iterations": args.iterations,
             "seed": args.seed,
-            "features": "L2-normalised CLS",
+            "features": f"L2-normalised {feature_name(models[0][1])}",
             "results": scores[PRETRAINED],
             **({"random_init": scores[RANDOM_INIT]} if RANDOM_INIT in scores else {}),
         })

@@ -1,4 +1,4 @@
-"""Weighted k-NN classification of frozen CLS features (DINO's protocol).
+"""Weighted k-NN classification of frozen CLS features (a ResNet: its pooled features) (DINO's protocol).
 
     python3 launch.py --launch eval_common/eval_knn.py --pretrained OUT/main_vit_checkpoint.pth [--compare_random_init]
 

@@ -4,6 +4,8 @@
 
 Features: the CLS token of the last block, or with ``--avgpool`` the CLS token concatenated with
 the average of the patch tokens (DINO's ``eval_linear.py --avgpool_patchtokens``, n_last_blocks = 1).
+A ResNet backbone gives its pooled feature (the global average pool of its last feature map, as
+MoCo's / SimSiam's linear protocol); ``--avgpool`` is an error there (no CLS token, nothing to add).
 One linear head per learning rate of ``--lrs`` is trained at once (SGD, momentum 0.9, cosine
 schedule, ``--epochs``). The learning rate is chosen on a stratified ``--val_fraction`` of the
 TRAINING set, never on the test set; the chosen head is retrained on the whole training set and
@@ -31,7 +33,7 @@ from hirl_like.cli.eval_shared import (
     start,
     write_report,
 )
-from hirl_like.evaluation.features import token_features
+from hirl_like.evaluation.features import has_tokens, token_features
 from hirl_like.evaluation.linear_probe import linear_probe
 from hirl_like.evaluation.report import format_table
 
@@ -52,7 +54,9 @@ def _summary(result: dict) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = eval_parser(__doc__)
-    parser.add_argument("--avgpool", action="store_true", help="concatenate the average-pooled patch tokens to CLS")
+    parser.add_argument("--avgpool", action="store_true",
+                        help="ViT: concatenate the average-pooled patch tokens to CLS (an error for a ResNet, "
+                             "whose feature already is its global average pool)")
     parser.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in DEFAULT_LRS), help="comma-separated learning rates, one head each")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--head_batch_size", type=int, default=256, help="minibatch of the linear heads")
@@ -70,9 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--lrs is empty")
     cfg, dist = start(args)
     models, source = backbones_to_evaluate(cfg, args)
+    forwards = [token_features(backbone, avgpool=args.avgpool) for _, backbone in models]  # before any extraction
     results, rows = {}, []
-    for label, backbone in models:
-        forward = token_features(backbone, avgpool=args.avgpool)
+    for (label, backbone), forward in zip(models, forwards):
         train_x, train_y, train_set = features_for_split(backbone, cfg, args.train_split, args, dist, forward=forward)
         test_x, test_y, _ = features_for_split(backbone, cfg, args.test_split, args, dist, forward=forward)
         if dist.rank != 0:
@@ -95,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "test_top5": result["test_top5"] if chosen else None,
             })
     if dist.rank == 0:
-        pooling = "cls+avgpool" if args.avgpool else "cls"
+        pooling = ("cls+avgpool" if args.avgpool else "cls") if has_tokens(models[0][1]) else "avgpool"
         fitted = results[PRETRAINED]
         title = (
             f"linear probe ({cfg.data.name}, {pooling} {train_x.shape[1]}-d, {fitted['train_size']} fit / "

@@ -5,11 +5,22 @@ process group, the models named on the command line, features of a split and the
 architecture, data and tokenizer come from it. ``key=value`` arguments override that config
 (e.g. ``data.name=FashionMNIST``), flags override the rest. Reading checkpoints is
 :mod:`hirl_like.export`'s job; the metrics are :mod:`hirl_like.evaluation`'s.
+
+Foreign checkpoints (HIRL's, MoCo's, ...) as HIRL's scripts read them::
+
+    eval_common/eval_knn.py --pretrained moco_r50.pth.tar --arch resnet50
+        --backbone_prefix module.encoder_q. data.name=FashionMNIST transform.global_size=224
+
+``--arch`` replaces the config's ``pipeline.vision`` (:func:`arch_vision_node`); with no config
+file the run starts from the package defaults and the data must be named by an override. The
+images are evaluated at :func:`hirl_like.data.build.eval_image_size` (a ViT's ``img_size``, else the
+training crop size: ``transform.global_size``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,12 +31,13 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from hirl_like.cli.common import INPUT_ERRORS
-from hirl_like.config import ConfigError, load_config
-from hirl_like.data.build import build_eval_dataset
+from hirl_like.config import ConfigError, load_config, split_override
+from hirl_like.config.components import constructor_defaults, renames
+from hirl_like.data.build import build_eval_dataset, eval_image_size
 from hirl_like.data.loader import build_eval_loader
 from hirl_like.distributed import barrier
 from hirl_like.engine.dist_setup import DistInfo, cleanup_distributed, init_distributed
-from hirl_like.evaluation.features import extract_features
+from hirl_like.evaluation.features import extract_features, has_tokens
 from hirl_like.evaluation.report import write_json
 from hirl_like.evaluation.text_tower import TextTower
 from hirl_like.export import (
@@ -36,8 +48,12 @@ from hirl_like.export import (
     load_text_tower,
     load_vision_backbone,
 )
+from hirl_like.models.resnet import RESNET_ARCHS
+from hirl_like.models.vit import VIT_ARCHS
+from hirl_like.registry import MODELS
 
 PRETRAINED, RANDOM_INIT = "pretrained", "random init"  # the model labels of tables and JSON
+ARCHS = (*sorted(RESNET_ARCHS), *VIT_ARCHS)  # the names --arch takes (HIRL's --arch values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,10 +64,16 @@ PRETRAINED, RANDOM_INIT = "pretrained", "random init"  # the model labels of tab
 def eval_parser(description: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained", required=True, help="checkpoint: main_vit_checkpoint.pth, checkpoint.pth, a timm/DINO/iBOT state dict")
+    parser.add_argument("--pretrained", required=True, help="checkpoint: main_vit_checkpoint.pth, checkpoint.pth, a timm/DINO/iBOT/MoCo/HIRL state dict")
     parser.add_argument("--config", default=None, help="training config (default: config.yaml beside the checkpoint)")
     parser.add_argument("--model_prefix", default=None, help="sub-dictionary of the checkpoint holding the weights (e.g. teacher, model, state_dict)")
-    parser.add_argument("--backbone_prefix", default=None, help="key prefix to strip (e.g. backbone., module.backbone.)")
+    parser.add_argument("--backbone_prefix", default=None,
+                        help="key prefix to strip (e.g. backbone., module.backbone., MoCo's module.encoder_q.)")
+    parser.add_argument("--arch", default=None, choices=ARCHS, metavar="NAME",
+                        help=f"architecture of the backbone to read ({', '.join(ARCHS)}), replacing the config's "
+                             "pipeline.vision (a ResNet keeps its small_image_stem, a ViT its img_size and "
+                             "patch_size); without a config file the run starts from the package defaults and "
+                             "needs the data as an override, e.g. data.name=FashionMNIST")
     parser.add_argument("--towers", default="exported", choices=TOWERS,
                         help="exported: the run's exports (its EMA teachers when it has them); student: the students, "
                              "read from the run's checkpoint.pth (reports go to eval_<name>_student.json)")
@@ -95,14 +117,70 @@ def parse_ks(parser: argparse.ArgumentParser, text: str, flag: str = "--ks") -> 
 # ----------------------------------------------------------------------------------------------
 
 
+def arch_vision_node(vision: Any, arch: str, img_size: int | None = None) -> dict[str, Any]:
+    """The ``pipeline.vision`` node of ``--arch NAME`` given the config's node ``vision``.
+
+    A ResNet (resnet18, resnet50): ``{name: NAME}``, keeping ``small_image_stem`` when ``vision``
+    sets it. A ViT (vit_tiny ... vit_large): ``{name: vit, arch: NAME}`` keeping ``vision``'s
+    ``img_size`` (else ``img_size``, the run's training crop size) and ``patch_size``. Every other
+    key of ``vision`` is dropped: the architecture is the named one, not the config's variant.
+    """
+    old = dict(vision) if isinstance(vision, (dict, DictConfig)) else {}
+    if arch in RESNET_ARCHS:
+        return {"name": arch, **({"small_image_stem": bool(old["small_image_stem"])} if "small_image_stem" in old else {})}
+    if arch in VIT_ARCHS:
+        node: dict[str, Any] = {"name": "vit", "arch": arch}
+        size = old.get("img_size", img_size)
+        if size is not None:
+            node["img_size"] = int(size)
+        if old.get("patch_size") is not None:
+            node["patch_size"] = int(old["patch_size"])
+        return node
+    raise ConfigError(f"--arch {arch!r}: choose one of {', '.join(ARCHS)}.")
+
+
+def _arch_override(base: DictConfig, arch: str) -> str:
+    """The ``pipeline.vision=...`` override that makes ``base``'s vision node the one of ``--arch``.
+
+    An override naming another component replaces the node; one naming the same component merges
+    into it, so the keys the new node leaves out are set back to the constructor's defaults."""
+    old = base.pipeline.get("vision")
+    old = dict(old) if isinstance(old, DictConfig) else {}
+    node = arch_vision_node(old, arch, img_size=eval_image_size(base))
+    if "name" in old and not renames(old["name"], node["name"]):
+        defaults = constructor_defaults(MODELS.get(node["name"]))
+        node.update({k: defaults.get(k) for k in old if k not in node})
+    return "pipeline.vision=" + json.dumps(node)
+
+
+def _names_data(overrides: Sequence[str]) -> bool:
+    return any(split_override(item)[0].lstrip("+") in ("data", "data.name") for item in overrides)
+
+
 def resolve_config(args: argparse.Namespace) -> DictConfig:
-    config = Path(args.config) if args.config else Path(args.pretrained).resolve().parent / "config.yaml"
+    """The run's config: ``--config``, else the ``config.yaml`` beside the checkpoint, else (with
+    ``--arch`` only) the package defaults; then ``--arch``'s vision node, then the overrides."""
+    arch = getattr(args, "arch", None)
+    config: Path | None = Path(args.config) if args.config else Path(args.pretrained).resolve().parent / "config.yaml"
     if not config.is_file():
-        raise ConfigError(
-            f"no config found at {config}: pass --config with the training config of {args.pretrained} "
-            "(it gives the architecture and the data)."
-        )
-    return load_config(config, args.overrides)
+        if args.config or not arch:
+            raise ConfigError(
+                f"no config found at {config}: pass --config with the training config of {args.pretrained} "
+                "(it gives the architecture and the data), or --arch NAME with the data as an override "
+                "(e.g. --arch resnet50 data.name=FashionMNIST)."
+            )
+        if not _names_data(args.overrides):
+            raise ConfigError(
+                f"no config.yaml beside {args.pretrained} and no --config: --arch {arch} runs from the package "
+                "defaults, which do not know the data of this checkpoint. Name it with an override, e.g. "
+                "data.name=FashionMNIST (or data.name=Digits), and the image size with transform.global_size=224 "
+                f"for a 224-px backbone (the defaults': {eval_image_size(load_config(None))})."
+            )
+        config = None
+    if not arch:
+        return load_config(config, args.overrides)
+    # The overrides come after --arch's node, so that they can adjust it (pipeline.vision.small_image_stem=true).
+    return load_config(config, [_arch_override(load_config(config), arch), *args.overrides])
 
 
 def start(args: argparse.Namespace) -> tuple[DictConfig, DistInfo]:
@@ -115,7 +193,7 @@ def start(args: argparse.Namespace) -> tuple[DictConfig, DistInfo]:
 
 
 def pretrained_backbone(cfg: DictConfig, args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """The ``--pretrained`` ViT, strictly loaded, and a note of what was read."""
+    """The ``--pretrained`` backbone (ViT or ResNet), strictly loaded, and a note of what was read."""
     return load_vision_backbone(args.pretrained, cfg.pipeline.vision, args.model_prefix, args.backbone_prefix,
                                 towers=getattr(args, "towers", "exported"))
 
@@ -186,14 +264,20 @@ def features_for_split(
 ) -> tuple[Tensor, Tensor, Any]:
     """(N, D) float32 features and (N,) labels of one split, in dataset order, on every rank; and the dataset.
 
-    ``forward`` maps images (B, 3, H, W) on ``dist.device`` to (B, D) features; the default is the
-    backbone's CLS feature ``model(x)``. The model is moved to ``dist.device`` first.
+    ``forward`` maps images (B, 3, H, W) on ``dist.device`` to (B, D) features; the default is
+    ``model(x)``: a ViT's CLS feature, a ResNet's global average pool. The model is moved to
+    ``dist.device`` first.
     """
     dataset = build_eval_dataset(cfg, split)
     loader = build_eval_loader(dataset, args.batch_size, args.num_workers, rank=dist.rank, world_size=dist.world_size)
     model = model.to(dist.device)
     feats, labels = extract_features(forward or (lambda x: model(x)), loader, dist.device)
     return feats.float().cpu(), labels.cpu(), dataset
+
+
+def feature_name(model: nn.Module) -> str:
+    """What ``model(x)`` is, for reports: "CLS" (a ViT) or "avgpool" (a CNN's global average pool)."""
+    return "CLS" if has_tokens(model) else "avgpool"
 
 
 def num_classes_of(dataset: Any, labels: Tensor) -> int:
@@ -212,7 +296,8 @@ def write_report(args: argparse.Namespace, name: str, payload: dict[str, Any]) -
     """Write ``eval_<name>.json`` ({"metric": name, "towers": ..., **payload}; ``eval_<name>_student.json``
     with ``--towers student``) and say where (call on rank 0)."""
     path = output_path(args, name)
-    write_json(path, {"metric": name, "towers": getattr(args, "towers", "exported"), **payload})
+    arch = {"arch": args.arch} if getattr(args, "arch", None) else {}
+    write_json(path, {"metric": name, "towers": getattr(args, "towers", "exported"), **arch, **payload})
     print(f"wrote {path}")
     return path
 

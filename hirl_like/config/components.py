@@ -45,9 +45,14 @@ def registered(node: abc.Mapping[str, Any]) -> tuple[Registry, str, Any] | None:
 
 
 def renames(old: Any, new: Any) -> bool:
-    """Whether a node named ``old`` given the name ``new`` becomes another component (not the same
-    name, nor an alias of the same entry)."""
-    return old != new and not any(new in reg and reg.get(new) is reg.get(old) for reg in owners(old))
+    """Whether a node named ``old`` given the name ``new`` becomes another component: not the same
+    name, nor an alias of the same entry, nor a subclass of it (``hirl`` extends ``Composed`` and
+    takes every argument of its node, so a HIRL file keeps its baseline's pipeline node)."""
+    def extends(reg: Any) -> bool:
+        was, now = reg.get(old), reg.get(new)
+        return now is was or (isinstance(was, type) and isinstance(now, type) and issubclass(now, was))
+
+    return old != new and not any(new in reg and extends(reg) for reg in owners(old))
 
 
 def objective_names(spec: Any) -> list[str] | None:
@@ -70,12 +75,13 @@ def objective_names(spec: Any) -> list[str] | None:
 
 
 def _active_objectives(obj: Any, node: abc.Mapping[str, Any]) -> list[str]:
-    """The objectives a pipeline node runs: its ``objectives`` (or that argument's default), else the
+    """The objectives a pipeline node runs: its ``objectives`` or ``base`` (or that argument's default), else the
     objective-named arguments of its constructor (the CLIP pipeline's ``clip``)."""
     params = signature(obj).parameters
-    if "objectives" in params:
-        spec = node.get("objectives", params["objectives"].default)
-        return objective_names(list(spec) if isinstance(spec, tuple) else spec) or []
+    for key in ("objectives", "base"):  # base: the method HIRL wraps
+        if key in params:
+            spec = node.get(key, params[key].default)
+            return objective_names(list(spec) if isinstance(spec, tuple) else spec) or []
     return [name for name in params if name in OBJECTIVES]
 
 

@@ -4,7 +4,8 @@ They are merged in that order, key by key, into one DictConfig in struct mode (D
 keep YAML types and are never evaluated. Struct mode refuses a key the config lacks (``+key=value``
 adds one); a key keeps its value's type. A component node (a mapping whose ``name`` is registered)
 leaves struct mode: its keys are the constructor's arguments, checked once all is merged. A node
-whose ``name`` changes is replaced, not merged: what files gave it is dropped, but keys that earlier
+whose ``name`` changes is replaced, not merged (unless the new component subclasses the old one, as
+``hirl`` extends ``Composed``): what files gave it is dropped, but keys that earlier
 overrides gave it explicitly are carried to the new component, or refused when it does not take
 them (never lost without a word). Interpolations are resolved at load time, then the whole config
 goes through the validation pass (:mod:`hirl_like.config.validation`).
@@ -25,6 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from hirl_like.config.components import owners, registered, renames, validate_components
 from hirl_like.config.errors import ConfigError, cut, kind, short
+from hirl_like.config.rules import CLOSED_NODES
 from hirl_like.config.safe_yaml import parse_value, read_yaml
 from hirl_like.config.typing_check import check_value_type
 from hirl_like.config.validation import validate
@@ -172,8 +174,9 @@ def _merge(node: DictConfig, data: abc.Mapping[str, Any], source: str, trace: _T
         except (ConfigKeyError, ConfigAttributeError):  # struct mode: a key the config lacks
             close = difflib.get_close_matches(key, valid := sorted(children), n=3, cutoff=0.5)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            add = "" if path in CLOSED_NODES else f" To add a new key, write +{cut(full)}=VALUE."  # + is refused there too
             raise ConfigError(f"{source}: unknown config key {short(full)}.{hint} Valid keys{' under ' + repr(path) if path else ''}: "
-                              f"{', '.join(valid) or '(none)'}. To add a new key, write +{cut(full)}=VALUE.") from None
+                              f"{', '.join(valid) or '(none)'}.{add}") from None
         except OmegaConfBaseException as err:
             raise ConfigError(f"{source}: {cut(full)}: {' '.join(str(err).split())}") from None
         trace.record(full, source, _strip_plus(value), explicit)

@@ -126,7 +126,15 @@ KEYS: dict[str, Rule] = {
     "optimizer.betas": pair(RATE, ordered=False), "optimizer.momentum": RATE, "optimizer.trust_coeff": POSITIVE,
     # typed by the defaults, but a renamed optimizer node is free-form: its flags are checked here
     "optimizer.scale_lr": FLAG, "optimizer.nesterov": FLAG, "optimizer.fused": either(FLAG, one_of("auto")),
+    # online evaluation (engine/online_eval.py); these are the node's only keys (CLOSED_NODES)
+    "online_eval.knn_every": SPAN, "online_eval.knn_k": COUNT, "online_eval.knn_temperature": POSITIVE,
+    "online_eval.train_samples": COUNT, "online_eval.val_samples": COUNT, "online_eval.val_split": TEXT,
+    "online_eval.towers": one_of("exported", "student"), "online_eval.batch_size": COUNT,
+    "online_eval.collapse_indicators": FLAG, "online_eval.collapse_warn_after": COUNT0,
 }
+
+CLOSED_NODES: tuple[str, ...] = ("online_eval",)
+"""Plain nodes whose keys are exactly those ``KEYS`` has rules for: a key added with ``+`` is refused too."""
 
 ARGUMENTS: dict[str, Rule] = {
     # sizes and counts (models, heads, decoders, transforms)

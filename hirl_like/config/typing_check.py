@@ -15,8 +15,9 @@ from omegaconf import DictConfig, ListConfig
 
 from hirl_like.config.errors import ConfigError, kind, short
 
-NULLABLE_KEYS = frozenset({"grad_clip", "max_iterations"})  # a value by default, null = off
-NUMBER_KEYS = frozenset({"optimizer.warmup_epochs"})  # written as an int, takes fractions too
+NULLABLE_KEYS = frozenset({"grad_clip", "max_iterations", "online_eval.val_split"})  # a value by default, null = off
+NUMBER_KEYS = frozenset({"optimizer.warmup_epochs", "online_eval.knn_every"})  # written as an int, takes fractions too
+SPAN_KEYS = frozenset({"online_eval.knn_every"})  # a schedules.Span: also a share of the run as text, '10%'
 
 
 def fits(value: Any, hint: Any) -> bool:
@@ -69,7 +70,7 @@ def check_value_type(current: Any, value: Any, full: str, source: str, free: boo
                           f"{short(value)}. Set its keys with {full}.KEY=VALUE, or give a mapping: {full}={{KEY: VALUE}}.")
     if free or current is None or isinstance(current, DictConfig):
         return  # component arguments are typed by the constructor; a null takes anything
-    hint: Any = float if full in NUMBER_KEYS else type(current)
+    hint: Any = float | str if full in SPAN_KEYS else float if full in NUMBER_KEYS else type(current)
     if isinstance(current, ListConfig):  # a list of one scalar type keeps its element type
         kinds = {type(v) for v in current}
         hint = list[kinds.pop()] if len(kinds) == 1 and kinds <= {bool, int, float, str} else list

@@ -18,7 +18,7 @@ from typing import Any
 
 from hirl_like.config.components import component_nodes, with_defaults
 from hirl_like.config.errors import ConfigError, short, warn
-from hirl_like.config.rules import ARGUMENTS, COUNT, KEYS, OPTIMIZER_KEYS, RELATIONS, SPAN, WARMUPS
+from hirl_like.config.rules import ARGUMENTS, CLOSED_NODES, COUNT, KEYS, OPTIMIZER_KEYS, RELATIONS, SPAN, WARMUPS
 
 _MISSING = object()
 
@@ -67,6 +67,7 @@ def validate(cfg: abc.Mapping[str, Any], source: Callable[[str], str] = lambda p
             if value is not None and rule is not None and not rule.accepts(value):
                 refuse(_join(found.path, key), value, rule.allowed)
     _check_optimizer_keys(cfg, source)
+    _check_closed_nodes(cfg, source)
 
     filled, defaults = with_defaults(cfg)
 
@@ -104,6 +105,23 @@ def _check_optimizer_keys(cfg: abc.Mapping[str, Any], source: Callable[[str], st
             raise ConfigError(f"{source('optimizer.' + key)}: optimizer key {short(key)} is not an argument of optimizer "
                               f"{name!r}.{' Did you mean ' + repr(close[0]) + '?' if close else ''} "
                               f"It takes: {', '.join(allowed[1:])}.")
+
+
+def _check_closed_nodes(cfg: abc.Mapping[str, Any], source: Callable[[str], str]) -> None:
+    """Each key of a closed node (``CLOSED_NODES``, e.g. ``online_eval``) is one ``KEYS`` has a rule
+    for, also when it was added with ``+key=value`` (the code reading the node knows no other)."""
+    for node_path in CLOSED_NODES:
+        node = _get(cfg, node_path)
+        if not isinstance(node, abc.Mapping):
+            continue
+        prefix = node_path + "."
+        allowed = [path[len(prefix):] for path in KEYS if path.startswith(prefix)]
+        for key in node:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                raise ConfigError(f"{source(prefix + str(key))}: unknown config key {short(prefix + str(key))}."
+                                  f"{' Did you mean ' + repr(close[0]) + '?' if close else ''} "
+                                  f"Valid keys under {node_path!r}: {', '.join(allowed)}.")
 
 
 def _check_warmups(filled: abc.Mapping[str, Any], defaults: dict[str, str], source: Callable[[str], str]) -> None:

@@ -38,7 +38,9 @@ from hirl_like.engine.checkpoint import (
     save_atomic,
 )
 from hirl_like.engine.dist_setup import DistInfo
+from hirl_like.engine.epoch_context import EpochContext, RunInfo
 from hirl_like.engine.logger import ProgressBar, RunningMeans, TrainLogger
+from hirl_like.engine.online_eval import OnlineEval
 from hirl_like.engine.train_step import TrainStep
 from hirl_like.export import stale_exports, write_exports
 from hirl_like.registry import PIPELINES
@@ -120,6 +122,8 @@ class Trainer:
         if cfg.max_iterations is not None:
             self.total_iterations = min(self.total_iterations, int(cfg.max_iterations))
         self.schedule_iterations = int(cfg.epochs) * self.iters_per_epoch  # schedules span the full run
+        if callable(check_run := getattr(self.pipeline, "check_run", None)):  # before any step or resume
+            check_run(RunInfo(num_samples=len(self.dataset), epochs=int(cfg.epochs), iters_per_epoch=self.iters_per_epoch))
 
         self.stepper = TrainStep.from_config(
             cfg, self.pipeline, device=self.device, global_batch=global_batch, iters_per_epoch=self.iters_per_epoch,
@@ -140,6 +144,7 @@ class Trainer:
                 find_unused_parameters=bool(cfg.find_unused_parameters),
             )
         self.logger = TrainLogger(self.output_dir, enabled=self.is_main, tensorboard=bool(cfg.tensorboard))
+        self.online_eval = OnlineEval.for_trainer(self)  # online_eval: k-NN every knn_every, collapse indicators
         if self.is_main:
             warn_if_teachers_lag(self.pipeline, self.iters_per_epoch, self.schedule_iterations, self.total_iterations)
 
@@ -262,6 +267,7 @@ class Trainer:
         last_values: dict[str, float] = {}
         while self.iteration < self.total_iterations:
             epoch, start_in_epoch = divmod(self.iteration, self.iters_per_epoch)
+            self._start_epoch(epoch)
             loader = build_train_loader(
                 self.dataset,
                 batch_size=self.batch_size,
@@ -286,10 +292,11 @@ class Trainer:
                     values["step_time"] = time.time() - tic
                     means.update(values)
                     last_values = values
+                self.online_eval.after_step(self.iteration, batch, values)  # what is due; a collective for the k-NN
                 if progress_bar is not None:
                     progress_bar.update(None if values is None else {
                         "loss": f"{values['loss']:.4f}", "epoch": f"{self.iteration / self.iters_per_epoch:.2f}",
-                        **self.bad_samples.postfix(),
+                        **self.bad_samples.postfix(), **self.online_eval.postfix(),
                     })
                 if self.iteration % int(cfg.log_interval) == 0 or self.iteration == self.total_iterations:
                     self._log_window(means, start_time, images_seen)
@@ -306,6 +313,19 @@ class Trainer:
         summary = self._finish(last_values, time.time() - start_time)
         self.logger.close()
         return summary
+
+    def _start_epoch(self, epoch: int) -> None:
+        """The pipeline's per-epoch hook (HIRL's clustering), with the whole training set at hand."""
+        hook = getattr(self.pipeline, "on_epoch_start", None)
+        if not callable(hook):
+            return
+        context = EpochContext(
+            self.cfg, self.device, self.dist.rank, self.dist.world_size,
+            log=lambda record: self.logger.log({**record, "iteration": self.iteration, "epoch": epoch}),
+            num_train_samples=len(self.dataset),
+        )
+        hook(epoch, context)
+        self.pipeline.train()  # a hook may have put models in eval mode to embed images
 
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over ranks on the communication device (a collective)."""
@@ -370,7 +390,10 @@ def warn_if_teachers_lag(pipeline: nn.Module, iters_per_epoch: int, schedule_ite
     print(
         f"warning: after {run_iterations} iterations the EMA teachers still hold {share:.0%} of their random "
         f"initialisation (EMA momentum {start:.4g} -> {pipeline.ema_momentum_end:g}); "
-        "the exported teacher will trail its student. Give the teacher a half-life that fits the run, "
+        "their targets are partly a random network's"
+        + (" and the exported teacher will trail its student" if pipeline.export_vision() is getattr(
+            pipeline.backbones, "teacher_vision", None) else "")
+        + ". Give the teacher a half-life that fits the run, "
         "e.g. pipeline.ema_half_life=1%, or train longer.",
         file=sys.stderr, flush=True,
     )

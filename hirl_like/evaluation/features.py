@@ -134,15 +134,33 @@ def extract_features(
     return features[order], label_t[order]
 
 
+def has_tokens(model: torch.nn.Module) -> bool:
+    """Whether ``model`` gives a token sequence (a ViT's ``forward_tokens``), not just a pooled feature (a CNN)."""
+    return hasattr(model, "forward_tokens")
+
+
 def token_features(model: torch.nn.Module, avgpool: bool = False) -> Callable[[Tensor], Tensor]:
     """Frozen features for the linear probe (DINO's ``eval_linear.py`` with n_last_blocks = 1).
 
-    images (B, 3, H, W) -> CLS (B, D), or with ``avgpool`` [CLS, mean of the patch tokens] (B, 2D),
-    both read from the final (normalised) token sequence of ``model.forward_tokens``. Register
-    tokens, when the ViT has any, are neither CLS nor patches and are left out of the mean.
+    A ViT (``model.forward_tokens``): images (B, 3, H, W) -> CLS (B, D), or with ``avgpool``
+    [CLS, mean of the patch tokens] (B, 2D), both read from the final (normalised) token
+    sequence. Register tokens, when the ViT has any, are neither CLS nor patches and are left out
+    of the mean.
+
+    A CNN (no ``forward_tokens``, e.g. :class:`~hirl_like.models.resnet.ResNet`): its pooled
+    feature ``model(images)`` (B, C), the global average pool of its last feature map, as the
+    MoCo / SimSiam / SwAV linear protocols read a ResNet. ``avgpool`` is a ValueError there: the
+    feature already is an average pool and there is no CLS token to put next to it, so the flag
+    would either do nothing or double the feature; drop it.
     """
-    if not hasattr(model, "forward_tokens"):
-        raise ValueError(f"{type(model).__name__} has no forward_tokens(images) -> (B, 1 + N, D); use a ViT backbone.")
+    if not has_tokens(model):
+        if avgpool:
+            raise ValueError(
+                f"--avgpool concatenates a ViT's CLS token and its mean patch token, but {type(model).__name__} "
+                "has no tokens: its feature already is the global average pool of its last feature map. "
+                "Drop --avgpool (the probe then reads that pooled feature)."
+            )
+        return lambda images: model(images)
     prefix = int(getattr(model, "num_prefix_tokens", 1))
 
     def forward(images: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["HierarchicalClusters", "hierarchical_kmeans"]
+__all__ = ["HierarchicalClusters", "check_cluster_counts", "hierarchical_kmeans"]
 
 
 @dataclass
@@ -167,8 +167,9 @@ class HierarchicalClusters:
         )
 
 
-def _check_counts(num_cluster: Sequence[int], n_points: int) -> list[int]:
-    """One-line ValueErrors for bad cluster counts; returns them as ints."""
+def check_cluster_counts(num_cluster: Sequence[int], n_points: int | None = None) -> list[int]:
+    """One-line ValueErrors for bad cluster counts (empty, not ints, < 1, increasing up the
+    hierarchy, and with ``n_points`` more level-0 clusters than points); returns them as ints."""
     if isinstance(num_cluster, (str, bytes)) or not isinstance(num_cluster, Sequence):
         raise ValueError(f"num_cluster must be a sequence of ints (one per level), got {num_cluster!r}.")
     if len(num_cluster) == 0:
@@ -183,7 +184,7 @@ def _check_counts(num_cluster: Sequence[int], n_points: int) -> list[int]:
             raise ValueError(f"num_cluster[{lvl}] must be an int, got {k!r}.") from None
         if counts[-1] < 1:
             raise ValueError(f"num_cluster[{lvl}] must be >= 1, got {counts[-1]}.")
-    if counts[0] > n_points:
+    if n_points is not None and counts[0] > n_points:
         raise ValueError(f"num_cluster[0]={counts[0]} is more clusters than the {n_points} points to cluster.")
     for lvl in range(1, len(counts)):
         if counts[lvl] > counts[lvl - 1]:
@@ -270,7 +271,7 @@ def hierarchical_kmeans(
     shape = tuple(features.shape)
     if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
         raise ValueError(f"features must be a non-empty 2-D (N, D) array, got shape {shape}.")
-    counts = _check_counts(num_cluster, shape[0])
+    counts = check_cluster_counts(num_cluster, shape[0])
     if niter < 1 or nredo < 1:
         raise ValueError(f"niter and nredo must be >= 1, got niter={niter}, nredo={nredo}.")
     if isinstance(features, Tensor):

@@ -11,7 +11,9 @@ from hirl_like.losses.distill_ce import (
     check_views,
     cross_view_ce,
     ema_update_center_,
+    teacher_probs,
 )
+from hirl_like.evaluation.collapse import target_entropy_terms
 from hirl_like.registry import LOSSES
 
 
@@ -57,10 +59,18 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student_cls: Tensor, teacher_cls: Tensor, teacher_temp: float) -> dict[str, Tensor]:
-        """student_cls: ((G+L)*B, K) view-major; teacher_cls: (G*B, K) raw, no grad. Returns {"loss"}."""
+        """student_cls: ((G+L)*B, K) view-major; teacher_cls: (G*B, K) raw, no grad.
+
+        Returns {"loss", "target_entropy", "target_entropy_ratio", "batch_target_entropy"}: the
+        last three (no grad) are the mean entropy of the centred, sharpened targets (nats), that
+        over ln K (-> 1: uniform collapse), and the entropy of their batch mean (-> 0: every
+        sample on one prototype); see :func:`~hirl_like.evaluation.collapse.target_entropy`.
+        """
         g, n_views = self.global_crops, self.global_crops + self.local_crops
         check_views(student_cls, teacher_cls, g, n_views, self.out_dim)
         loss = cross_view_ce(student_cls, teacher_cls, self.center, g, self.student_temp, teacher_temp)
+        # collapse indicators of the targets, with the centre the loss used (hirl_like.evaluation.collapse)
+        diagnostics = target_entropy_terms(teacher_probs(teacher_cls, self.center, teacher_temp))
         ema_update_center_(self.center, teacher_cls, self.center_momentum)
-        return {"loss": loss}
+        return {"loss": loss, **diagnostics}
 

@@ -14,6 +14,7 @@ from hirl_like.losses.distill_ce import (
     masked_mean_ce,
     teacher_probs,
 )
+from hirl_like.evaluation.collapse import target_entropy_terms
 from hirl_like.registry import LOSSES
 
 
@@ -102,8 +103,10 @@ class IBOTLoss(nn.Module):
             student_masks: (G*B, N) bool, True = masked patch.
             teacher_temp / teacher_temp2: teacher temperatures for cls / patch targets.
 
-        Returns: {"loss", "cls", "patch", "cls_target_entropy"} (the last: mean entropy in nats of
-        the centred, sharpened [CLS] targets, ln K when uniform); only "loss" carries gradient.
+        Returns: {"loss", "cls", "patch", "cls_target_entropy", "cls_target_entropy_ratio",
+        "cls_batch_target_entropy"} (the last three: mean entropy in nats of the centred, sharpened
+        [CLS] targets, ln K when uniform; that over ln K; the entropy of their batch mean, 0 when
+        every sample picks one prototype); only "loss" carries gradient.
         """
         g, n_views = self.global_crops, self.global_crops + self.local_crops
         check_views(student_cls, teacher_cls, g, n_views, self.out_dim)
@@ -124,6 +127,9 @@ class IBOTLoss(nn.Module):
         with torch.no_grad():  # how peaked the [CLS] targets are: ln K when they are uniform (collapse)
             p_t = teacher_probs(teacher_cls, self.center, teacher_temp)
             target_entropy = -(p_t * torch.log(p_t.clamp_min(1e-12))).sum(dim=-1).mean()
+            terms = target_entropy_terms(p_t)  # hirl_like.evaluation.collapse
         ema_update_center_(self.center, teacher_cls, self.center_momentum)
         ema_update_center_(self.center2, teacher_patch, self.center_momentum2)
-        return {"loss": loss, "cls": cls.detach(), "patch": patch.detach(), "cls_target_entropy": target_entropy}
+        return {"loss": loss, "cls": cls.detach(), "patch": patch.detach(), "cls_target_entropy": target_entropy,
+                "cls_target_entropy_ratio": terms["target_entropy_ratio"],
+                "cls_batch_target_entropy": terms["batch_target_entropy"]}

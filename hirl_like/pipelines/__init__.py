@@ -1,3 +1,3 @@
 """Pipelines: students, EMA teachers and registered objectives; forward(batch) -> dict of losses."""
 
-from hirl_like.pipelines import composed, objectives  # noqa: F401
+from hirl_like.pipelines import composed, hirl, objectives  # noqa: F401

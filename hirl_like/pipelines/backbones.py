@@ -9,11 +9,14 @@ of the students (no drop path, no gradient), so a run builds only what its objec
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from timm.layers import DropPath
 
 from hirl_like.registry import MODELS
@@ -39,6 +42,7 @@ class Backbones(nn.Module):
         self.teacher_image_projection: nn.Linear | None = None
         self._want_vision_teacher = False
         self._want_text_teacher = False
+        self._export_student = False
         self._finalized = False
 
     # -- requests made by objectives while they are built --------------------------------------
@@ -64,6 +68,25 @@ class Backbones(nn.Module):
         self._check_open()
         self.require_text()
         self._want_text_teacher = True
+
+    def prefer_student_export(self) -> None:
+        """Export the students rather than the EMA teachers (:meth:`exported_vision`,
+        :meth:`exported_text`).
+
+        MoCo v2/v3 evaluate the *query* encoder, the one trained by gradient (MoCo's
+        ``main_lincls.py`` loads ``encoder_q`` / ``base_encoder``); their momentum encoder only makes
+        keys. DINO/iBOT evaluate the EMA teacher instead. An objective that needs the student
+        exported calls this in ``__init__``; the request holds for the whole pipeline (with
+        ``mocov2`` and ``dino`` in one run the student is exported) and is made again whenever the
+        pipeline is rebuilt from its config, so checkpoints need not record it.
+        """
+        self._check_open()
+        self._export_student = True
+
+    @property
+    def exports_student(self) -> bool:
+        """True when the exports are the students though a teacher exists (:meth:`prefer_student_export`)."""
+        return self._export_student
 
     def require_mask_token(self) -> None:
         self._check_open()
@@ -111,20 +134,26 @@ class Backbones(nn.Module):
 
     # -- export ------------------------------------------------------------------------------
     def exported_vision(self) -> nn.Module:
-        """The backbone evaluations should use: the EMA teacher when there is one (as iBOT/DINO)."""
-        return self.teacher_vision if self.teacher_vision is not None else self.student_vision
+        """The backbone evaluations should use: the EMA teacher when there is one (as iBOT/DINO),
+        unless an objective asked for the student (:meth:`prefer_student_export`: MoCo v2/v3)."""
+        if self._export_student or self.teacher_vision is None:
+            return self.student_vision
+        return self.teacher_vision
 
     def exported_text(self) -> tuple[nn.Module | None, nn.Linear | None]:
         """(text encoder, image projection) for zero-shot: the projection always pairs with the
         exported vision backbone (teacher with teacher), the text encoder is the EMA teacher when
-        there is one."""
+        there is one; all students after :meth:`prefer_student_export`."""
+        if self._export_student:
+            return self.student_text, self.image_projection
         text = self.teacher_text if self.teacher_text is not None else self.student_text
         projection = self.teacher_image_projection if self.teacher_vision is not None else self.image_projection
         return text, projection
 
     def drop_teachers(self) -> None:
         """Remove the EMA teachers, so that the exports are the students (evaluation of a rebuilt
-        pipeline only: training cannot go on without them)."""
+        pipeline only: training cannot go on without them). After :meth:`prefer_student_export`
+        the exports are the students already; this changes nothing they return."""
         self.teacher_vision = self.teacher_text = self.teacher_image_projection = None
 
     def train(self, mode: bool = True) -> "Backbones":
@@ -144,6 +173,41 @@ def make_teacher(student: nn.Module) -> nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
+
+
+@contextmanager
+def batch_statistics(module: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Within the block, every BatchNorm of ``module`` normalises with the statistics of the batch
+    it sees, and no running statistic (mean, variance, ``num_batches_tracked``) changes.
+
+    Why: the pipeline keeps EMA teachers in eval mode (no dropout, no drop path, frozen buffers),
+    but the momentum encoders of MoCo v2/v3 (and DINO's with a ResNet) run in *train* mode in the
+    reference code, so their BatchNorms use batch statistics. Evaluated with running statistics, a
+    CNN teacher's keys early in training would come from nearly untrained averages (the running
+    statistics are the student's, copied by :func:`ema_update`), unlike the reference. The
+    teacher's running statistics stay those :func:`ema_update` copies from its student.
+
+    How: each ``_BatchNorm`` is set to ``training=True`` with ``track_running_stats=False`` (torch
+    then passes no running buffers to ``F.batch_norm``: batch statistics, nothing updated, not even
+    ``num_batches_tracked``), and both flags are restored on exit, also after an exception.
+    Everything else in ``module`` (dropout, drop path) keeps its mode. ``enabled=False`` is a no-op
+    (teachers follow their student's mode: batch statistics while the pipeline trains).
+    """
+    saved = []
+    if enabled:
+        for m in module.modules():
+            if isinstance(m, _BatchNorm):
+                saved.append((m, m.training, m.track_running_stats))
+                m.training, m.track_running_stats = True, False
+    try:
+        yield module
+    finally:
+        for m, training, tracked in saved:
+            m.training, m.track_running_stats = training, tracked
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) for m in module.modules())
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:

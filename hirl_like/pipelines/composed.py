@@ -6,6 +6,9 @@ Methods are configurations of this one class:
     CLIP     objectives: [clip]
     iBOT     objectives: [ibot]
     SLIP     objectives: [clip, simclr]
+    MoCo v2 / MoCo v3 / SimSiam / SwAV   objectives: [mocov2] / [mocov3] / [simsiam] / [swav]
+             (ViT or ResNet backbone: they read the pooled-feature forwards of
+             :mod:`hirl_like.pipelines.forwards.features`)
 
 ``objectives`` accepts a list of names, a ``{name: weight}`` mapping, or the reference code's
 underscore string (``clip_ibot_mae``). Each objective's arguments sit under a pipeline key of
@@ -27,7 +30,7 @@ import difflib
 import inspect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -41,6 +44,9 @@ from hirl_like.pipelines.objective import Objective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES, PIPELINES, check_arguments
 from hirl_like.schedules import Progress, Span, check_span, cosine
+
+if TYPE_CHECKING:
+    from hirl_like.engine.epoch_context import EpochContext, RunInfo
 
 
 def parse_objectives(spec: str | Sequence[str] | Mapping[str, float]) -> dict[str, float]:
@@ -77,11 +83,33 @@ def _split_reference_string(spec: str) -> list[str]:
     return names
 
 
+def check_objective_nodes(node: Mapping[str, Any], path: str, fixed: set[str]) -> None:
+    """Every key of a pipeline node is one of its ``fixed`` arguments or an objective's argument
+    node, checked against that objective's constructor; else a ValueError naming the closest key."""
+    for key, value in node.items():
+        if key in fixed:
+            continue
+        if key not in OBJECTIVES:
+            hint = difflib.get_close_matches(key, [*OBJECTIVES.keys(), *fixed], n=1)
+            raise ValueError(
+                f"{path} got an unknown argument {key!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else ".")
+                + f" Pipeline arguments: {', '.join(sorted(fixed))},"
+                f" or an objective's argument node ({', '.join(OBJECTIVES.keys())})."
+            )
+        if value is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}.{key} must be a mapping of {key}'s arguments, got {value!r}.")
+        check_arguments(OBJECTIVES.get(key), value, context=f"config node {path}.{key} (objective {key!r})")
+
+
 @PIPELINES.register("Harmony", aliases=("Composed",))
 class ComposedPipeline(nn.Module):
     """Args:
     objectives: which objectives and their weights (see module docstring).
-    vision: MODELS node of the student ViT. text: MODELS node of the text student (optional).
+    vision: MODELS node of the student ViT (a ResNet for the objectives that read pooled features:
+        dino, mocov2, mocov3, simsiam, swav). text: MODELS node of the text student (optional).
     embed_dim: joint space size. ema_momentum / ema_momentum_end: teacher EMA momentum, cosine
         per iteration from start to end over the whole run (Harmony: 0.996 -> 1).
     ema_half_life: instead of ``ema_momentum``, the teacher's starting half-life: epochs or a share
@@ -107,7 +135,7 @@ class ComposedPipeline(nn.Module):
             raise ValueError("pipeline.vision is required, e.g. {name: vit, arch: vit_small, img_size: 224, patch_size: 16}.")
         if not 0.0 <= ema_momentum <= 1.0 or not 0.0 <= ema_momentum_end <= 1.0:
             raise ValueError(f"EMA momenta must lie in [0, 1], got {ema_momentum} -> {ema_momentum_end}.")
-        self.validate_config(objective_args, "pipeline")
+        ComposedPipeline.validate_config(objective_args, "pipeline")  # subclasses validate their own node
         self.weights = parse_objectives(objectives)
         self.backbones = Backbones(dict(vision), dict(text) if text is not None else None, embed_dim)
         self.objectives = nn.ModuleDict(
@@ -136,22 +164,7 @@ class ComposedPipeline(nn.Module):
         load time with the objective's accepted arguments. Every node is checked, listed or not.
         """
         fixed = set(inspect.signature(ComposedPipeline.__init__).parameters) - {"self", "objective_args"}
-        for key, value in node.items():
-            if key in fixed:
-                continue
-            if key not in OBJECTIVES:
-                hint = difflib.get_close_matches(key, [*OBJECTIVES.keys(), *fixed], n=1)
-                raise ValueError(
-                    f"{path} got an unknown argument {key!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else ".")
-                    + f" Pipeline arguments: {', '.join(sorted(fixed))},"
-                    f" or an objective's argument node ({', '.join(OBJECTIVES.keys())})."
-                )
-            if value is None:
-                continue
-            if not isinstance(value, Mapping):
-                raise ValueError(f"{path}.{key} must be a mapping of {key}'s arguments, got {value!r}.")
-            check_arguments(OBJECTIVES.get(key), value, context=f"config node {path}.{key} (objective {key!r})")
+        check_objective_nodes(node, path, fixed)
 
     @property
     def has_teachers(self) -> bool:
@@ -270,6 +283,15 @@ class ComposedPipeline(nn.Module):
     def before_optimizer_step(self) -> None:
         for objective in self.objectives.values():
             objective.before_optimizer_step(self._progress)
+
+    # -- the run as a whole (hirl_like.engine.epoch_context) -----------------------------------
+    def check_run(self, run: "RunInfo") -> None:
+        for objective in self.objectives.values():
+            objective.check_run(run)
+
+    def on_epoch_start(self, epoch: int, context: "EpochContext") -> None:
+        for objective in self.objectives.values():
+            objective.on_epoch_start(epoch, context)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

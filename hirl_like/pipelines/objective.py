@@ -22,6 +22,7 @@ from hirl_like.pipelines.forward_table import ForwardKey
 from hirl_like.schedules import Progress, Span, check_span, linear
 
 if TYPE_CHECKING:
+    from hirl_like.engine.epoch_context import EpochContext, RunInfo
     from hirl_like.pipelines.backbones import Backbones
     from hirl_like.pipelines.step_cache import StepCache
 
@@ -75,6 +76,14 @@ class Objective(nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         """Hook after the step (e.g. clamping CLIP's logit scale)."""
+
+    def check_run(self, run: "RunInfo") -> None:
+        """Raise ValueError, before any step, for settings this run cannot meet (HIRL: more
+        clusters than training images)."""
+
+    def on_epoch_start(self, epoch: int, context: "EpochContext") -> None:
+        """Hook before the first step of ``epoch`` (also on resuming inside it): work over the whole
+        training set, e.g. HIRL's clustering. See :mod:`hirl_like.engine.epoch_context`."""
 
 
 class HeadDistillationObjective(Objective):

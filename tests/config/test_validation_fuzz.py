@@ -56,7 +56,7 @@ FRACTIONS = {  # 1.5 is out of range
     "min_aspect", "momentum", "pred_ratio", "pred_ratio_var", "betas", "image_mask_ratio", "mask_ratio_schedule", "mean",
 }
 ONE_INVALID = {"drop_path_rate", "mask_ratio", "mask_prob", "val_fraction", "momentum", "image_mask_ratio"}
-SPANS = {"warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer", "hard_labels_weight_epochs", "ema_half_life"}
+SPANS = {"warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer", "hard_labels_weight_epochs", "ema_half_life", "knn_every"}
 
 
 def leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:

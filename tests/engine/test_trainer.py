@@ -80,7 +80,12 @@ def test_lr_is_scaled_by_global_batch(tmp_path):
     assert any(p is logit_scale for p in no_decay[0]["params"])
 
 
-@pytest.mark.parametrize("config,overrides", [(CLIP, FAST), (HARMONY, HARMONY_FAST)], ids=["clip", "harmony"])
+# online k-NN every 3 iterations (0.07 of 44 per epoch), on a small slice; collapse indicators every log window
+ONLINE_EVAL = ["online_eval.knn_every=0.07", "online_eval.train_samples=200", "online_eval.val_samples=100"]
+
+
+@pytest.mark.parametrize("config,overrides", [(CLIP, FAST), (HARMONY, HARMONY_FAST), (CLIP, FAST + ONLINE_EVAL)],
+                         ids=["clip", "harmony", "clip_online_eval"])
 def test_resume_mid_epoch_is_bit_exact(tmp_path, config, overrides):
     """Stopped at iteration 4 of 10 (mid-epoch) and resumed, the weights equal an uninterrupted run."""
     train(config, tmp_path / "straight", *overrides, "max_iterations=10")

@@ -202,3 +202,62 @@ def test_describe_checkpoint_names_nested_keys():
     flat = describe_checkpoint(_vit(0).state_dict())
     assert flat.startswith("dict with 30 top-level keys (30 tensors):") and "'cls_token': Tensor(1, 1, 16)" in flat
     assert "... (22 more)" in flat
+
+
+# ----------------------------------------------------------------------------------------------
+# ResNet state dicts under HIRL / MoCo / SimSiam style nesting
+# ----------------------------------------------------------------------------------------------
+
+
+def _resnet_export(seed: int) -> dict:
+    from hirl_like.models.resnet import ResNet
+
+    torch.manual_seed(seed)
+    return ResNet("resnet18", small_image_stem=True).export_state_dict()
+
+
+def _timm_resnet18() -> nn.Module:
+    from hirl_like.models.resnet import create_timm_resnet
+
+    return create_timm_resnet("resnet18", small_image_stem=True)
+
+
+@pytest.mark.parametrize("model_prefix,backbone_prefix", [("model", "module.encoder_q."), ("state_dict", "backbone.")])
+def test_prefixed_resnet_state_dict_loads_with_the_prefix_flags(tmp_path, model_prefix, backbone_prefix):
+    query, key, dst = _resnet_export(0), _resnet_export(1), _timm_resnet18()
+    weights = {f"{backbone_prefix}{k}": v for k, v in query.items()}
+    weights[f"{backbone_prefix}fc.0.weight"] = torch.zeros(8, 512)  # a projection head: a known extra
+    # MoCo's key encoder: the same keys under another prefix, other weights.
+    weights |= {f"module.encoder_k.{k}": v for k, v in key.items()}
+    ckpt = load_checkpoint_file(_save(tmp_path, {model_prefix: weights, "epoch": 3}))
+    expected = dst.state_dict().keys()
+    for kwargs in ({"backbone_prefix": backbone_prefix}, {"model_prefix": model_prefix, "backbone_prefix": backbone_prefix},
+                   {"backbone_prefix": backbone_prefix.rstrip(".")}):  # the trailing dot is optional
+        state = extract_state_dict(ckpt, expected_keys=expected, **kwargs)
+        assert state.keys() == expected, kwargs  # fc.0.weight dropped as a classifier-like extra
+        load_backbone_strict(dst, state)
+        assert _same_weights(dst, query)
+    # Without the prefix both encoders fit: a complete cover with the other one listed as an
+    # alternative (logged as a warning), which is why HIRL's scripts pass the prefix ...
+    located = checkpoint_loading.locate_state_dict(ckpt, expected)
+    assert located.complete and located.path == (model_prefix,) and len(located.alternatives) == 1
+    # ... and a wrong prefix is an error naming the prefixes present.
+    with pytest.raises(ValueError, match="module.encoder_k"):
+        extract_state_dict(ckpt, model_prefix=model_prefix, backbone_prefix="module.encoder_z.")
+
+
+def test_prefixed_resnet_state_dict_through_load_vision_backbone(tmp_path):
+    from hirl_like.export import export_target, load_vision_backbone
+
+    query = _resnet_export(0)
+    path = _save(tmp_path, {"model": {f"module.encoder_q.{k}": v for k, v in query.items()}}, "moco.pth")
+    model, note = load_vision_backbone(path, {"name": "resnet18", "small_image_stem": True},
+                                       backbone_prefix="module.encoder_q.")
+    assert note.endswith("[:module.encoder_q.]")
+    assert _same_weights(export_target(model), query) and model.export_state_dict().keys() == query.keys()
+    # Our own export (no prefix, no nesting) loads as it is.
+    plain, note = load_vision_backbone(_save(tmp_path, query, "export.pth"), {"name": "resnet18", "small_image_stem": True})
+    assert _same_weights(export_target(plain), query) and "[" not in note
+    # The other stem is a shape mismatch whose message says which flag fits.
+    with pytest.raises(ValueError, match=r"(?s)conv1.weight: checkpoint \(64, 3, 3, 3\).*hint: .*small_image_stem=true"):
+        load_vision_backbone(path, {"name": "resnet18"}, backbone_prefix="module.encoder_q.")

@@ -2,3 +2,5 @@
 
 from hirl_like.pipelines.objectives import clip, ibot, mae, mlm, text_distill  # noqa: F401
 from hirl_like.pipelines.objectives import dino, masked_distill, simclr  # noqa: F401
+from hirl_like.pipelines.objectives import mocov2, mocov3, simsiam, swav  # noqa: F401
+from hirl_like.pipelines.objectives import semantic  # noqa: F401

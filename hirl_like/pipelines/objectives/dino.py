@@ -1,4 +1,4 @@
-"""DINO objective (Caron et al. 2021): iBOT's [CLS] cross-view self-distillation on its own."""
+"""DINO objective (Caron et al. 2021): iBOT's [CLS] cross-view self-distillation on its own, on a ViT or a ResNet."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 
 from hirl_like.losses.dino import DINOLoss
 from hirl_like.models.heads import DINOHead
-from hirl_like.pipelines.backbones import Backbones
+from hirl_like.pipelines.backbones import Backbones, batch_statistics
 from hirl_like.pipelines.objective import HeadDistillationObjective
 from hirl_like.pipelines.step_cache import StepCache
 from hirl_like.registry import OBJECTIVES
@@ -15,9 +15,13 @@ from hirl_like.schedules import Span, check_span
 
 @OBJECTIVES.register("dino")
 class DINOObjective(HeadDistillationObjective):
-    """Student: the unmasked global crops + the local crops, CLS tokens through a DINO head.
-    Teacher (EMA ViT + EMA head): the global crops, the shared forward ``teacher_global_tokens``
-    (also iBOT's targets and CLIP's soft image targets). Loss: for each teacher view q and student
+    """Student: the unmasked global crops + the local crops, pooled features through a DINO head.
+    Teacher (EMA backbone + EMA head): the global crops. The features are the shared forwards
+    ``student_global_features`` / ``student_local_features`` / ``teacher_global_features``
+    (:mod:`hirl_like.pipelines.forwards.features`): on a ViT the [CLS] tokens of
+    ``student_global_tokens`` ... (so the teacher pass is also iBOT's targets and CLIP's soft
+    image targets), on a ResNet its pooled output (DINO's ResNet-50 recipe adds
+    ``use_bn_in_head: true``). Loss: for each teacher view q and student
     view v != q, ``H(softmax((t_q - c) / T_t), log_softmax(s_v / T_s))``, averaged over pairs
     (:class:`DINOLoss`).
 
@@ -70,18 +74,19 @@ class DINOObjective(HeadDistillationObjective):
         self.loss = DINOLoss(out_dim, 2, 0, student_temp, center_momentum)
 
     def requires(self) -> tuple[str, ...]:
-        return ("student_global_tokens", "student_local_tokens", "teacher_global_tokens")
+        return ("student_global_features", "student_local_features", "teacher_global_features")
 
     def forward(self, step: StepCache) -> dict[str, torch.Tensor]:
         crops, local = step.view("global_crops"), step.view("local_crops", default=[])
         if len(crops) + len(local) < 2:
             raise ValueError("dino compares different views: the batch needs at least 2 crops (global + local).")
         # Views are stacked view-major: rows v*B:(v+1)*B are view v (global crops first).
-        student_cls = step.get("student_global_tokens")[:, 0]
+        student_feats = step.get("student_global_features")
         if local:
-            student_cls = torch.cat([student_cls, step.get("student_local_tokens")[:, 0]])
-        student_out = self.head(student_cls)
-        with torch.no_grad():
-            teacher_out = self.teacher_head(step.get("teacher_global_tokens")[:, 0])
+            student_feats = torch.cat([student_feats, step.get("student_local_features")])
+        student_out = self.head(student_feats)
+        with torch.no_grad(), batch_statistics(self.teacher_head, enabled=self.training):
+            # DINO's teacher runs in train mode: a BatchNorm head (use_bn_in_head) uses batch statistics
+            teacher_out = self.teacher_head(step.get("teacher_global_features"))
         self.loss.global_crops, self.loss.local_crops = len(crops), len(local)
         return self.loss(student_out, teacher_out, self.teacher_temp)
