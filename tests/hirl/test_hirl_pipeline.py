@@ -4,6 +4,8 @@ resume that does not cluster again, HIRL's log keys, and clear errors before tra
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ FAST = [
     "data.val_fraction=0.85", "batch_size=32", "num_workers=0", "progress_bar=false", "tensorboard=false",
     "log_interval=4", "epochs=3", "pipeline.vision.depth=1", "pipeline.dino.out_dim=64",
     "pipeline.dino.head_hidden_dim=32", "pipeline.dino.head_bottleneck_dim=16", "pipeline.num_cluster=[12,6,3]",
-    "pipeline.num_neg_path=20", "pipeline.cluster_warmup_epoch=1", "pipeline.cluster_interval=1", "pipeline.train_emb=vit_mean",
+    "pipeline.num_neg_path=20", "pipeline.cluster_warmup_epoch=1", "pipeline.cluster_interval=1",
 ]
 
 
@@ -108,3 +110,22 @@ def test_resume_refuses_a_clustering_of_another_shape(tmp_path):
     trainer(tmp_path, "max_iterations=10").fit()
     with pytest.raises(ValueError, match=r"clusters per level"):
         trainer(tmp_path, "pipeline.num_cluster=[10,5,2]", "resume.allow_changes=true")
+
+
+@pytest.mark.slow
+def test_two_processes_cluster_once_and_train_in_step(tmp_path):
+    """Two ranks embed uneven shards (135 + 134 images, none padded) and train on one clustering:
+    their weights agree at the end (the trainer's checksum check) and the clustering covers every
+    image exactly once."""
+    out = tmp_path / "np2"
+    args = [sys.executable, "launch.py", "--launch", "tools/train.py", "--np", "2", "-c", str(CONFIG),
+            f"output_dir={out}", *FAST, "pipeline.cluster_warmup_epoch=0", "max_iterations=6", "batch_size=16", "pipeline.train_emb=vit_mean"]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    summary = [r for r in records if r["type"] == "summary"][-1]
+    assert summary["world_size"] == 2 and summary["params_in_sync"]
+    assert [r["images"] for r in records if r["type"] == "clustering"] == [269]
+    clusters = clusters_of(out)
+    assert clusters.num_samples == 269 and clusters.epoch == 0
+    clusters.check_consistent()
