@@ -13,6 +13,16 @@ alone at the largest batch size) and the data loader's own throughput for the sa
 Harmony paper's Table 6 (memory and time relative to the second config at each batch size),
 beside the FLOP ratio that bounds the time ratio when both steps run at the same utilisation.
 
+Text tokens (issue 18): caption batches are cut to their longest caption rounded up to a multiple
+of 8 (``hirl_like/data/tokenizer.py``). Each measurement reports the text tokens of one step: the
+real ones (SOT through EOT of each caption) and the computed ones (B x L of every text-tower
+pass: student, EMA teacher, masked student), counted at the towers' token embeddings.
+``--text-padding context`` pads the batch back to the full context (the toolbox before the cut);
+``--text-padding both`` measures both in one run and prints a before/after table (real vs
+computed tokens, step time ratio, peak memory). Gradient checkpointing and the chunked CLIP loss
+are config keys (``pipeline.vision.grad_checkpointing=true pipeline.text.grad_checkpointing=true
+pipeline.clip.chunk_size=256``), passed as overrides like any other.
+
 Each measurement runs in a fresh subprocess so that peak memory is its own.
 """
 
@@ -111,18 +121,70 @@ def prepare_step(config: str, overrides: list[str], batch_size: int):
     return step, batch, progress, dataset, cfg
 
 
-def measure(config: str, overrides: list[str], batch_size: int, steps: int, warmup: int, data_batches: int) -> dict:
+TEXT_PADDINGS = ("batch", "context")
+
+
+def pad_text(batch: dict, context_length: int, padding: str) -> dict:
+    """The batch with its captions at the batch length (``"batch"``, what the loader gives) or
+    padded back to ``context_length`` (``"context"``: the fixed length used before issue 18)."""
+    import torch.nn.functional as F
+
+    from hirl_like.data.tokenizer import PAD_TOKEN_ID
+
+    if padding not in TEXT_PADDINGS:
+        raise ValueError(f"text padding must be one of {TEXT_PADDINGS}, got {padding!r}")
+    text = batch.get("text")
+    if padding == "context" and text is not None and text.shape[1] < context_length:
+        batch = {**batch, "text": F.pad(text, (0, context_length - text.shape[1]), value=PAD_TOKEN_ID)}
+    return batch
+
+
+def text_towers(pipeline) -> list:
+    """The text towers of a pipeline (student and EMA teacher), those that exist."""
+    backbones = getattr(pipeline, "backbones", None)
+    return [m for m in (getattr(backbones, "student_text", None), getattr(backbones, "teacher_text", None)) if m is not None]
+
+
+def count_text_tokens(pipeline, run_step) -> dict[str, int]:
+    """Text tokens of one step, over every text-tower pass: ``real`` (SOT..EOT of each caption) and
+    ``computed`` (B x L per pass), read at the towers' token embeddings (every pass goes through
+    them), plus the number of passes."""
+    from hirl_like.data.tokenizer import caption_lengths
+
+    counts = {"text_passes": 0, "text_real_tokens": 0, "text_computed_tokens": 0}
+
+    def hook(module, args) -> None:
+        ids = args[0]
+        counts["text_passes"] += 1
+        counts["text_computed_tokens"] += int(ids.numel())
+        counts["text_real_tokens"] += int(caption_lengths(ids.reshape(-1, ids.shape[-1])).sum())
+
+    handles = [tower.token_embedding.register_forward_pre_hook(hook) for tower in text_towers(pipeline)
+               if hasattr(tower, "token_embedding")]
+    try:
+        run_step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+def measure(config: str, overrides: list[str], batch_size: int, steps: int, warmup: int, data_batches: int,
+            text_padding: str = "batch") -> dict:
     import torch
 
     # Imported before the idle RSS is read, so that peak memory counts the step, not the code.
     import hirl_like.data.build  # noqa: F401
     import hirl_like.engine.train_step  # noqa: F401
     import hirl_like.registry  # noqa: F401
+    from hirl_like.data.build import text_context_length
     from hirl_like.data.loader import build_train_loader
 
     _reset_peak_rss()
     idle_rss = _rss_mb("VmRSS")
     train_step, batch, progress, dataset, cfg = prepare_step(config, overrides, batch_size)
+    context_length = text_context_length(cfg)
+    batch = pad_text(batch, context_length, text_padding)
     device, dtype = train_step.device, train_step.autocast_dtype
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -151,6 +213,7 @@ def measure(config: str, overrides: list[str], batch_size: int, steps: int, warm
         "step_time_iqr_s": (statistics.quantiles(times, n=4)[2] - statistics.quantiles(times, n=4)[0]) if len(times) >= 4 else 0.0,
         "step_time_min_s": min(times),
         "images_per_s": batch_size / median,
+        "text_padding": text_padding,
     }
     # Peak memory is read before the FLOP-counting step, whose bookkeeping would add to it.
     if device.type == "cuda":
@@ -164,6 +227,10 @@ def measure(config: str, overrides: list[str], batch_size: int, steps: int, warm
     with FlopCounterMode(display=False) as counter:
         step(warmup + steps)
     result["flops_per_step"] = counter.get_total_flops()
+    if "text" in batch:
+        result["text_context_length"] = context_length
+        result["text_length"] = int(batch["text"].shape[1])
+        result.update(count_text_tokens(train_step.pipeline, lambda: step(warmup + steps + 1)))
     result["achieved_tflops"] = result["flops_per_step"] / median / 1e12
     # Model FLOPs utilisation against the measured matmul peak in the step's compute dtype.
     peak_dtype = dtype if dtype is not None and device.type == "cuda" else torch.float32
@@ -187,10 +254,12 @@ def measure(config: str, overrides: list[str], batch_size: int, steps: int, warm
 # ------------------------------------------------------------------------------------------
 # parent: orchestration and report
 # ------------------------------------------------------------------------------------------
-def run_child(config: str, overrides: list[str], batch_size: int, args: argparse.Namespace, data_batches: int) -> dict:
+def run_child(config: str, overrides: list[str], batch_size: int, args: argparse.Namespace, data_batches: int,
+              text_padding: str = "batch") -> dict:
     cmd = [
         sys.executable, __file__, "--_child", "-c", config, "--batch-sizes", str(batch_size),
-        "--steps", str(args.steps), "--warmup", str(args.warmup), "--data-batches", str(data_batches), *overrides,
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--data-batches", str(data_batches),
+        "--text-padding", text_padding, *overrides,
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -209,13 +278,36 @@ def objective_shares(config: str, overrides: list[str], batch_size: int, args: a
     names = list(parse_objectives(cfg.pipeline.objectives))
     if len(names) < 2:
         return {}
-    times = {n: run_child(config, [*overrides, f"pipeline.objectives=[{n}]"], batch_size, args, 0)["step_time_median_s"] for n in names}
+    padding = "batch" if args.text_padding == "both" else args.text_padding
+    times = {n: run_child(config, [*overrides, f"pipeline.objectives=[{n}]"], batch_size, args, 0, padding)["step_time_median_s"]
+             for n in names}
     total = sum(times.values())
     return {n: t / total for n, t in times.items()}
 
 
 def fmt(x: float, unit: str = "") -> str:
     return f"{x:.3g}{unit}"
+
+
+def tokens_cell(r: dict) -> str:
+    """``real / computed (L of C)`` text tokens of one step, or '-' for a run without captions."""
+    if "text_computed_tokens" not in r:
+        return "-"
+    return (f"{r['text_real_tokens']} / {r['text_computed_tokens']} "
+            f"(L {r['text_length']} of {r['text_context_length']})")
+
+
+def print_before_after(config: str, before: list[dict], after: list[dict]) -> None:
+    """Captions padded to the context (before) vs cut to the batch length (after), measured in this run."""
+    print(f"\ntext at the batch length: {Path(config).stem} ({after[0]['device']}), before = padded to the context")
+    print("| batch | text tokens real / computed, before | after | step time before | after | time after/before "
+          "| peak MiB before | after | memory after/before |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for b, a in zip(before, after):
+        print(f"| {a['batch_size']} | {tokens_cell(b)} | {tokens_cell(a)} | {fmt(b['step_time_median_s'] * 1e3)} ms | "
+              f"{fmt(a['step_time_median_s'] * 1e3)} ms | {a['step_time_median_s'] / b['step_time_median_s']:.2f}x | "
+              f"{fmt(b['peak_memory_mb'])} | {fmt(a['peak_memory_mb'])} | "
+              f"{a['peak_memory_mb'] / b['peak_memory_mb']:.2f}x |")
 
 
 def main() -> int:
@@ -227,30 +319,40 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--data-batches", type=int, default=10, help="batches timed for the loader throughput (0 = skip)")
     parser.add_argument("--no-objective-shares", action="store_true")
+    parser.add_argument("--text-padding", choices=(*TEXT_PADDINGS, "both"), default="batch",
+                        help="captions at the batch length (the loader's), padded to the context (before issue 18), "
+                             "or both, with a before/after table")
     parser.add_argument("--output", default=None, help="write every figure to this JSON file")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to both configs")
     args = parser.parse_args()
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     if args._child:
-        print(json.dumps(measure(args.config, args.overrides, sizes[0], args.steps, args.warmup, args.data_batches)))
+        print(json.dumps(measure(args.config, args.overrides, sizes[0], args.steps, args.warmup, args.data_batches,
+                                 args.text_padding)))
         return 0
 
     configs = [args.config] + ([args.vs] if args.vs else [])
+    main_padding = "batch" if args.text_padding == "both" else args.text_padding
     results: dict[str, list[dict]] = {c: [] for c in configs}
+    before: dict[str, list[dict]] = {c: [] for c in configs}  # --text-padding both: padded to the context
     for bs in sizes:
         for c in configs:
-            results[c].append(run_child(c, args.overrides, bs, args, args.data_batches if bs == max(sizes) else 0))
+            if args.text_padding == "both":  # interleaved, so that load on the machine hits both alike
+                before[c].append(run_child(c, args.overrides, bs, args, 0, "context"))
+            results[c].append(run_child(c, args.overrides, bs, args, args.data_batches if bs == max(sizes) else 0,
+                                        main_padding))
     shares = {} if args.no_objective_shares else objective_shares(args.config, args.overrides, max(sizes), args)
 
     for c in configs:
         print(f"\n{c} ({results[c][0]['device']})")
-        print("| batch | step time median (IQR) | images/s | peak memory MiB | GFLOP/step | TFLOP/s | MFU |")
-        print("|---|---|---|---|---|---|---|")
+        print("| batch | step time median (IQR) | images/s | peak memory MiB | GFLOP/step | TFLOP/s | MFU "
+              "| text tokens real / computed per step |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in results[c]:
             print(f"| {r['batch_size']} | {fmt(r['step_time_median_s'] * 1e3)} ms ({fmt(r['step_time_iqr_s'] * 1e3)}) | "
                   f"{fmt(r['images_per_s'])} | {fmt(r['peak_memory_mb'])} | {fmt(r['flops_per_step'] / 1e9)} | "
-                  f"{fmt(r['achieved_tflops'])} | {100 * r['mfu']:.1f}% |")
+                  f"{fmt(r['achieved_tflops'])} | {100 * r['mfu']:.1f}% | {tokens_cell(r)} |")
         print(f"(MFU: against a measured {fmt(results[c][0]['matmul_peak_tflops'])} TFLOP/s dense matmul on this device)")
         loader = [r for r in results[c] if "loader_images_per_s" in r]
         if loader:
@@ -267,8 +369,14 @@ def main() -> int:
         for a, b in zip(results[args.config], results[args.vs]):
             print(f"| {a['batch_size']} | {a['peak_memory_mb'] / b['peak_memory_mb']:.2f}x | "
                   f"{a['step_time_median_s'] / b['step_time_median_s']:.2f}x | {a['flops_per_step'] / b['flops_per_step']:.2f}x |")
+    if args.text_padding == "both":
+        for c in configs:
+            print_before_after(c, before[c], results[c])
     if args.output:
-        Path(args.output).write_text(json.dumps({"results": results, "objective_shares": shares}, indent=1))
+        payload = {"results": results, "objective_shares": shares}
+        if args.text_padding == "both":
+            payload["results_padded_to_context"] = before
+        Path(args.output).write_text(json.dumps(payload, indent=1))
     return 0
 
 

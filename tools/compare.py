@@ -115,6 +115,7 @@ def train_method(cfg, method: dict, out: Path) -> MethodResult:
 
 STUDENT = "student"
 STUDENT_SUFFIX = " (students)"  # column suffix of the student_evaluate figures
+RANDOM_INIT_SUFFIX = " (its random init)"  # random_init_columns: each row's own network untrained
 
 
 def evaluations_to_run(cfg) -> list[tuple[str, str]]:
@@ -178,6 +179,13 @@ def random_init_row(results: list[MethodResult]) -> MethodResult | None:
     return None
 
 
+def with_random_init_columns(r: MethodResult) -> MethodResult:
+    """A copy of ``r`` whose figures also hold its own network's random-init figures, as
+    ``<column> (its random init)``."""
+    figures = {**r.figures, **{c + RANDOM_INIT_SUFFIX: v for c, v in r.random_init_figures.items()}}
+    return MethodResult(r.label, r.status, r.train_time_s, figures, r.notes, r.peak_memory_mb, r.random_init_figures)
+
+
 def compute_cells(r: MethodResult, baseline: MethodResult | None) -> list[str]:
     """Train time and peak memory relative to the baseline row (the paper's Table 4 compute column)."""
     cells = []
@@ -201,7 +209,8 @@ def write_reports(results: list[MethodResult], columns: list[str], folder: Path,
                 cells.append("—")
             else:
                 text = f"{r.figures[c]:.2f}"
-                is_best = r in trained and best[c] is not None and r.figures[c] == best[c]
+                is_best = (r in trained and best[c] is not None and r.figures[c] == best[c]
+                           and not c.endswith(RANDOM_INIT_SUFFIX))
                 cells.append(f"**{text}**" if is_best else text)
         cells.append(f"{r.train_time_s:.0f}" if r.train_time_s is not None else "—")
         cells.extend(compute_cells(r, baseline))
@@ -289,9 +298,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(cfg, results: list[MethodResult], folder: Path, name: str) -> None:
     """Write results.md / .csv / .png for the methods finished so far, plus the random-init row."""
-    reference = random_init_row(results)
-    rows = results + ([reference] if reference is not None else [])
-    columns = [c for evaluation, c, _ in COLUMNS if evaluation in cfg.evaluate and any(c in r.figures for r in rows)]
+    if cfg.random_init_columns:
+        # methods of different networks (ResNet beside ViT): each row's own random init, beside it
+        rows = [with_random_init_columns(r) for r in results]
+    else:
+        reference = random_init_row(results)
+        rows = results + ([reference] if reference is not None else [])
+    columns = []
+    for evaluation, c, _ in COLUMNS:
+        if evaluation in cfg.evaluate:
+            columns += [name for name in (c, c + RANDOM_INIT_SUFFIX) if any(name in r.figures for r in rows)]
     columns += [c + STUDENT_SUFFIX for evaluation, c, _ in COLUMNS
                 if evaluation in cfg.student_evaluate and any(c + STUDENT_SUFFIX in r.figures for r in rows)]
     write_reports(rows, columns, folder, f"Comparison: {name}")

@@ -141,7 +141,8 @@ ARGUMENTS: dict[str, Rule] = {
     **dict.fromkeys(("img_size", "patch_size", "image_size", "size", "global_size", "local_size", "resize_size",
                      "depth", "layers", "heads", "num_heads", "width", "embed_dim", "vocab_size", "context_length",
                      "out_dim", "patch_out_dim", "head_hidden_dim", "head_bottleneck_dim", "head_nlayers",
-                     "decoder_dim", "decoder_depth", "decoder_heads", "decoder_width", "crops"), COUNT),
+                     "decoder_dim", "decoder_depth", "decoder_heads", "decoder_width", "crops",
+                     "chunk_size"), COUNT),  # chunk_size: rows per contrastive logit block (null = unchunked)
     **dict.fromkeys(("global_crops", "local_crops", "simclr_views", "eot_token_id"), COUNT0),
     "mlp_ratio": POSITIVE,
     "hidden_dims": items(COUNT, nonempty=False),

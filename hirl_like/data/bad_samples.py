@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
+from hirl_like.data.tokenizer import trim_caption_batch
+
 # Fixed order: the per-reason counts are summed across ranks as one tensor in this order.
 REASONS: tuple[str, ...] = (
     "missing_file",     # the image file named by the index or the CSV row does not exist
@@ -127,11 +129,14 @@ def read_caption_file(path: str | None) -> str:
 def collate_skip_bad(samples: Sequence[Any]) -> Any:
     """``default_collate`` of the good samples; the bad ones go, as a list, under ``batch["_bad"]``.
 
-    Without bad samples the result is exactly ``default_collate(samples)`` (no ``"_bad"`` key).
+    Without bad samples the result is ``default_collate(samples)`` (no ``"_bad"`` key). Either way
+    the captions ``batch["text"]`` (B, C) are cut to the batch's length, its longest caption
+    rounded up to a multiple of 8 (:func:`~hirl_like.data.tokenizer.trim_caption_batch`): the
+    text towers then compute ~B x 16 tokens instead of B x 77, with the same results.
     """
     bad = [s for s in samples if isinstance(s, BadSample)]
     if not bad:
-        return default_collate(samples)
+        return trim_caption_batch(default_collate(samples))
     good = [s for s in samples if not isinstance(s, BadSample)]
     if not good:
         raise TooManyBadSamplesError(
@@ -143,7 +148,7 @@ def collate_skip_bad(samples: Sequence[Any]) -> Any:
             "bad samples can only be skipped in datasets whose samples are dicts (the count travels "
             f"under batch['{BAD_KEY}']); got {type(good[0]).__name__}"
         )
-    batch = default_collate(good)
+    batch = trim_caption_batch(default_collate(good))
     batch[BAD_KEY] = bad
     return batch
 

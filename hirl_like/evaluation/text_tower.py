@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hirl_like.data.tokenizer import trim_to_batch_length
+
 Tokenizer = Callable[[list[str]], Tensor]  # B strings -> (B, L) token ids
 
 
@@ -58,8 +60,14 @@ class TextTower(nn.Module):
 
     @torch.no_grad()
     def encode_text(self, tokens: Tensor) -> Tensor:
-        """(N, L) token ids (any device) -> (N, E) float32 text embeddings, not normalised."""
-        return self.text(tokens.to(self.device)).float()
+        """(N, L) token ids (any device) -> (N, E) float32 text embeddings, not normalised.
+
+        The ids are first cut to the call's batch length (longest prompt or caption rounded up to
+        a multiple of 8, ``hirl_like.data.tokenizer.trim_to_batch_length``), whatever tokenizer
+        made them: zero-shot prompts hold ~10 real tokens of a 77-token context, and the embedding
+        is the same at any padded length.
+        """
+        return self.text(trim_to_batch_length(tokens).to(self.device)).float()
 
     @torch.no_grad()
     def encode_image(self, cls: Tensor) -> Tensor:

@@ -11,12 +11,25 @@ the causal mask, so a masked word saw only its left context).
 
 Pooling takes the position of the *end token id* (not ``argmax(token id)`` as open_clip does:
 with a mask token id above the end id, argmax would pool at a masked word).
+
+Any length L <= ``context_length``: caption batches arrive cut to their longest caption rounded
+up to a multiple of 8 (``hirl_like/data/tokenizer.py``). Positions use the first L rows of the
+position table, the causal mask is SDPA's ``is_causal`` for the actual L and the bidirectional
+mask is built from the batch's own padding, so the features of every real token, the pooled
+embedding and every loss equal those of the same captions padded to the full context.
+
+``grad_checkpointing=True`` recomputes each block's activations in the backward pass instead of
+keeping them (``torch.utils.checkpoint``, ``use_reentrant=False``: works with keyword arguments,
+with inputs that need no grad and under autocast). It trades ~1/3 more compute for the activation
+memory of all but one block; it is only active while gradients are recorded, so EMA teachers and
+evaluation run as usual.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from timm.models.vision_transformer import Block
 
 from hirl_like.registry import MODELS
@@ -34,6 +47,8 @@ class TextTransformer(nn.Module):
     embed_dim: output size of ``text_projection`` (joint space).
     causal: default attention mode of ``forward_tokens``.
     eot_token_id: id of the end-of-text token used for pooling.
+    grad_checkpointing: recompute every block in the backward pass (activation memory of one
+        block instead of ``layers``); config key ``pipeline.text.grad_checkpointing``.
     """
 
     def __init__(
@@ -47,6 +62,7 @@ class TextTransformer(nn.Module):
         embed_dim: int = 512,
         causal: bool = True,
         eot_token_id: int = EOT_TOKEN_ID,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if width % heads:
@@ -57,6 +73,7 @@ class TextTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.causal = causal
         self.eot_token_id = eot_token_id
+        self.grad_checkpointing = bool(grad_checkpointing)
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(layers))
@@ -88,7 +105,12 @@ class TextTransformer(nn.Module):
         return torch.where(is_eot.any(dim=1), first, torch.full_like(first, tokens.shape[1] - 1))
 
     def forward_tokens(self, tokens: torch.Tensor, causal: bool | None = None) -> torch.Tensor:
-        """(B, L) token ids -> (B, L, width) final-LayerNorm features."""
+        """(B, L) token ids, any L <= context_length -> (B, L, width) final-LayerNorm features.
+
+        Causal: position i attends to 0..i (SDPA's mask for this L), so padding after the EOT
+        never reaches a real token. Bidirectional: every query attends to the real tokens of its
+        caption only, (B, 1, 1, L) key mask. Either way real positions do not depend on L.
+        """
         causal = self.causal if causal is None else causal
         if tokens.shape[1] > self.context_length:
             raise ValueError(f"captions have {tokens.shape[1]} tokens; the context length is {self.context_length}.")
@@ -96,8 +118,12 @@ class TextTransformer(nn.Module):
         attn_mask = None
         if not causal:  # bidirectional: only padding keys are hidden
             attn_mask = self.valid_mask(tokens)[:, None, None, :]
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, attn_mask=attn_mask, is_causal=causal)
+            if recompute:
+                x = checkpoint(block, x, attn_mask=attn_mask, is_causal=causal, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask, is_causal=causal)
         return self.ln_final(x)
 
     def pool(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

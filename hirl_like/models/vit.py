@@ -9,6 +9,14 @@ The module is a ``timm.models.vision_transformer.VisionTransformer`` subclass, s
 (minus ``mask_token``) loads strictly into ``timm.create_model(timm_name, num_classes=0,
 img_size=..., patch_size=...)``; :meth:`export_state_dict` writes exactly those keys.
 Attention goes through timm's fused ``scaled_dot_product_attention``; no attention maps are kept.
+
+``grad_checkpointing=True`` (config key ``pipeline.vision.grad_checkpointing``) recomputes each
+block in the backward pass (``torch.utils.checkpoint``, ``use_reentrant=False``) on every path
+(plain, iBOT mask token, MAE token drop, local crops): the activation memory of the blocks falls
+from ``depth`` blocks to about one, for ~1/3 more compute. The RNG state is saved and restored
+around the recomputation, so drop path draws the same paths and the gradients are those of the
+plain forward. Only active while gradients are recorded (EMA teachers, evaluation: no cost).
+timm's own flag of the same name is set too, so timm's ``forward_features`` honours it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 
 from hirl_like.registry import MODELS
@@ -42,6 +51,7 @@ class VisionTransformer(TimmVisionTransformer):
         mask_token: create the learned iBOT mask token (only pipelines that mask need it;
             an unused parameter would upset DDP).
         pos_embed: "learned" (CLIP/iBOT) or "sincos" (fixed 2-D sin-cos, MAE's encoder).
+        grad_checkpointing: recompute every block in the backward pass to save activation memory.
     """
 
     def __init__(
@@ -55,6 +65,7 @@ class VisionTransformer(TimmVisionTransformer):
         num_heads: int | None = None,
         mask_token: bool = False,
         pos_embed: str = "learned",
+        grad_checkpointing: bool = False,
     ) -> None:
         if arch not in VIT_ARCHS:
             raise ValueError(f"unknown ViT arch {arch!r}; choose one of {sorted(VIT_ARCHS)}.")
@@ -76,6 +87,7 @@ class VisionTransformer(TimmVisionTransformer):
         super().__init__(drop_path_rate=drop_path_rate, dynamic_img_size=True, **self.timm_kwargs)
         self.arch = arch
         self.timm_name = timm_name
+        self.set_grad_checkpointing(bool(grad_checkpointing))  # timm's attribute: self.grad_checkpointing
         self.grid_size: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim)) if mask_token else None
         if self.mask_token is not None:
@@ -119,8 +131,17 @@ class VisionTransformer(TimmVisionTransformer):
             patches = torch.gather(x[:, 1:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
             x = torch.cat([x[:, :1], patches], dim=1)
         x = self.norm_pre(x)
-        x = self.blocks(x)
+        x = self.run_blocks(x)
         return self.norm(x)
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D) through every block, each checkpointed when ``grad_checkpointing``
+        is on and gradients are recorded (one block's activations kept at a time)."""
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return self.blocks(x)
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
 
     @torch.no_grad()
     def cls_attention(self, images: torch.Tensor) -> torch.Tensor:

@@ -70,3 +70,86 @@ def test_eot_positions_with_mask_tokens():
     assert masked[0].argmax().item() == 2
     assert eot_positions(masked).tolist() == [7, 2]
     assert eot_positions(text).tolist() == text.argmax(-1).tolist()
+
+
+# -- batch length (issue 18): pad to the longest caption of the batch, rounded up to 8 ---------------
+def test_batch_length_rounds_up_to_eight_and_caps_at_the_context():
+    from hirl_like.data.tokenizer import batch_length
+
+    assert [batch_length(n, 77) for n in (2, 8, 9, 16, 17, 72, 73, 77)] == [8, 8, 16, 16, 24, 72, 77, 77]
+    assert batch_length(12, 10) == 10  # capped
+    assert batch_length(5, 77, multiple=1) == 5
+    import pytest
+
+    with pytest.raises(ValueError, match="multiple"):
+        batch_length(5, 77, multiple=0)
+
+
+def test_caption_lengths_count_sot_to_eot_and_real_zero_ids():
+    from hirl_like.data.tokenizer import caption_lengths
+
+    tok = ClipTokenizer(context_length=16)
+    text = tok(["a photo of a cat.", "dog", "a b c"])
+    text[2, 2] = PAD_TOKEN_ID  # id 0 is also a real BPE token ("!" inside a word): not the end of a caption
+    assert caption_lengths(text).tolist() == [8, 3, 5]
+    no_eot = torch.full((1, 16), 5)
+    assert caption_lengths(no_eot).tolist() == [16]  # a row without EOT is never cut
+
+
+def test_trim_keeps_every_real_token_and_only_drops_padding():
+    from hirl_like.data.tokenizer import trim_to_batch_length
+
+    tok = ClipTokenizer(context_length=32)
+    full = tok(["a photo of a cat.", "dog", "a b c d e f g h i"])  # longest: 11 tokens -> 16
+    cut = trim_to_batch_length(full)
+    assert cut.shape == (3, 16) and cut.is_contiguous()
+    assert torch.equal(cut, full[:, :16]) and (full[:, 16:] == PAD_TOKEN_ID).all()
+    assert trim_to_batch_length(cut) is cut  # idempotent
+    assert trim_to_batch_length(full[:0]).shape == (0, 32)
+
+
+def test_pad_to_batch_equals_context_padding_cut_to_the_batch_length():
+    captions = ["a photo of the number seven.", "two", "a blurry photo of a handwritten digit"]
+    fixed = ClipTokenizer(context_length=77)(captions)
+    batch = ClipTokenizer(context_length=77, pad_to="batch")(captions)
+    assert batch.shape == (3, 16)
+    assert torch.equal(batch, fixed[:, :16])
+    one = ClipTokenizer(context_length=77, pad_to="batch")("dog")  # a batch of one caption
+    assert one.shape == (1, 8) and torch.equal(one, ClipTokenizer(77)("dog")[:, :8])
+
+
+def test_pad_to_batch_truncation_keeps_the_end_token():
+    long = " ".join(["word"] * 100)
+    tok = ClipTokenizer(context_length=20, pad_to="batch")
+    out = tok([long, "a b"])
+    assert out.shape == (2, 20)  # capped at the context, not rounded to 24
+    assert out[0, -1] == EOT_TOKEN_ID and out[0, 0] == SOT_TOKEN_ID
+    assert torch.equal(out, ClipTokenizer(context_length=20)([long, "a b"]))
+
+
+def test_trim_caption_batch_is_the_collate_step():
+    from torch.utils.data import default_collate
+
+    from hirl_like.data.bad_samples import BadSample, collate_skip_bad
+    from hirl_like.data.tokenizer import trim_caption_batch
+
+    tok = ClipTokenizer(context_length=32)
+    samples = [{"text": tok(c)[0], "index": i} for i, c in enumerate(["a cat", "a photo of the number three."])]
+    batch = collate_skip_bad(samples)
+    assert batch["text"].shape == (2, 16)
+    assert torch.equal(batch["text"], default_collate(samples)["text"][:, :16])
+    # with a bad sample dropped the batch is cut to its own longest caption
+    bad = BadSample(index=9, path="x.jpg", reason="corrupt")
+    assert collate_skip_bad([samples[0], bad])["text"].shape == (1, 8)
+    # nothing else is touched: no text key, float tensors, non-dict batches
+    assert trim_caption_batch({"image": torch.zeros(2, 3)})["image"].shape == (2, 3)
+    assert trim_caption_batch([1, 2]) == [1, 2]
+
+
+def test_old_pickles_without_pad_to_load_as_context_padding():
+    tok = ClipTokenizer(context_length=12)
+    state = {"context_length": 12}  # what a tokenizer pickled before pad_to existed holds
+    old = ClipTokenizer.__new__(ClipTokenizer)
+    old.__setstate__(state)
+    assert old.pad_to == "context" and torch.equal(old("dog"), tok("dog"))
+    assert "pad_to" not in repr(tok) and "batch" in repr(ClipTokenizer(12, pad_to="batch"))

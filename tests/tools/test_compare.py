@@ -127,3 +127,24 @@ def test_student_evaluate_runs_the_students_and_adds_their_columns(tmp_path, mon
     compare.report(cfg, [result], tmp_path, "t")
     header = (tmp_path / "results.md").read_text().splitlines()[2]
     assert "k-NN top-1 (k=20) | k-NN top-1 (k=20) (students)" in header
+
+
+def test_random_init_columns_put_each_rows_own_untrained_network_beside_it(tmp_path, monkeypatch):
+    """`random_init_columns: true` (methods of different networks): no shared reference row; each
+    row carries its own random-init k-NN in a column beside the trained one, never marked best."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_tool", ROOT / "tools" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare_tool", compare)
+    spec.loader.exec_module(compare)
+    (tmp_path / "spec.yaml").write_text("methods: []\n")
+    cfg = load_config(tmp_path / "spec.yaml", ["evaluate=[knn]", "random_init_columns=true"], defaults=COMPARE_DEFAULTS)
+    column = "k-NN top-1 (k=20)"
+    resnet = compare.MethodResult("SimSiam", figures={column: 60.0}, random_init_figures={column: 90.0})
+    vit = compare.MethodResult("DINO", figures={column: 70.0}, random_init_figures={column: 50.0})
+    compare.report(cfg, [resnet, vit], tmp_path, "t")
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert f"| method | {column} | {column} (its random init) |" in lines[2]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]] for line in lines[4:] if line.startswith("| ")}
+    assert rows == {"SimSiam": ["60.00", "90.00"], "DINO": ["**70.00**", "50.00"]}

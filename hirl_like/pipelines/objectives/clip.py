@@ -39,6 +39,9 @@ class ClipObjective(Objective):
             D): at random per image, or the patches the EMA teacher's [CLS] attends to least. The
             teachers still see the whole crop.
         image_mask_ratio: the share of patches dropped (0.5).
+        chunk_size: compute the contrastive logits in checkpointed row blocks of this many rows
+            (memory c x N instead of B x N per direction, same loss and gradients; see
+            ``ClipLoss``/``SigLipLoss``); null = one block (the default).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class ClipObjective(Objective):
         max_logit_scale: float = 100.0,
         image_mask: str = "none",
         image_mask_ratio: float = 0.5,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__(backbones)
         if not 0.0 <= hard_labels_weight_end <= 1.0:
@@ -84,10 +88,10 @@ class ClipObjective(Objective):
         self.max_log_scale = math.log(max_logit_scale)
         if use_siglip:
             self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
-            self.loss = SigLipLoss(soft_temperature=soft_temperature)
+            self.loss = SigLipLoss(soft_temperature=soft_temperature, chunk_size=chunk_size)
         else:
             self.logit_bias = None
-            self.loss = ClipLoss(soft_temperature=soft_temperature)
+            self.loss = ClipLoss(soft_temperature=soft_temperature, chunk_size=chunk_size)
         self.hard_weight = 1.0
 
     def update_schedules(self, progress: Progress) -> dict[str, float]:
