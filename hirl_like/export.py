@@ -50,8 +50,8 @@ from hirl_like.registry import MODELS, PIPELINES, RegistryError
 
 __all__ = [
     "CHECKPOINT_NAME", "TEXT_EXPORT_NAME", "TOWERS", "VISION_EXPORT_NAME", "build_vision_backbone", "export_target",
-    "default_text_checkpoint", "load_text_tower", "load_vision_backbone", "pipeline_from_checkpoint", "student_pipeline",
-    "text_export", "text_tower_from_export", "vision_export", "write_exports",
+    "default_text_checkpoint", "export_files", "load_text_tower", "load_vision_backbone", "pipeline_from_checkpoint",
+    "student_pipeline", "text_export", "text_tower_from_export", "vision_export", "write_exports",
 ]
 
 TOKENIZERS = ("clip_bpe",)
@@ -89,14 +89,25 @@ def write_exports(pipeline: nn.Module, output_dir: str | os.PathLike[str]) -> di
 
     Returns {"vision": path, "text": path} (no "text" key without a text tower).
     """
+    paths = {}
+    for kind, (payload, path) in export_files(pipeline, output_dir).items():
+        save_atomic(payload, path)
+        paths[kind] = path
+    return paths
+
+
+def export_files(pipeline: nn.Module, output_dir: str | os.PathLike[str]) -> dict[str, tuple[Any, Path]]:
+    """What :func:`write_exports` writes, in its order: {"vision": (payload, path)[, "text": ...]}.
+
+    The payloads hold the pipeline's own tensors (no copies): the trainer's background writer
+    snapshots them to CPU before training goes on (``engine.checkpoint.CheckpointWriter``).
+    """
     folder = Path(output_dir)
-    paths = {"vision": folder / VISION_EXPORT_NAME}
-    save_atomic(vision_export(pipeline), paths["vision"])
+    files = {"vision": (vision_export(pipeline), folder / VISION_EXPORT_NAME)}
     text = text_export(pipeline)
     if text is not None:
-        paths["text"] = folder / TEXT_EXPORT_NAME
-        save_atomic(text, paths["text"])
-    return paths
+        files["text"] = (text, folder / TEXT_EXPORT_NAME)
+    return files
 
 
 def stale_exports(pipeline: nn.Module, output_dir: str | os.PathLike[str]) -> list[str]:

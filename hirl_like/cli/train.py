@@ -1,7 +1,9 @@
 """Pre-train a model: ``python3 launch.py --launch tools/train.py -c CONFIG [key=value ...]``.
 
 Also runs as a plain process (``python tools/train.py -c CONFIG``). Re-running the same command
-resumes from ``<output_dir>/checkpoint.pth``.
+resumes from ``<output_dir>/checkpoint.pth``. A downstream config (``configs/downstream/...``, a
+file with a top-level ``protocol`` key) runs that evaluation protocol instead, as HIRL's
+``tools/train.py -c configs/downstream/... pretrained=PATH`` (:mod:`hirl_like.cli.downstream`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from hirl_like.cli.common import config_parser, console_entry, run_cleanly
 
 import hirl_like  # noqa: F401  (registers every component)
+from hirl_like.cli.downstream import downstream_command, is_downstream_config
 from hirl_like.config import load_config
 from hirl_like.data.pipe_urls import ALLOW_PIPE_URLS_FLAG, ALLOW_PIPE_URLS_HELP, allow_pipe_urls
 from hirl_like.engine.dist_setup import cleanup_distributed, init_distributed
@@ -24,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if args.allow_pipe_urls:
         allow_pipe_urls()  # the only way to let data.urls run a shell command; no config key sets it
+    if is_downstream_config(args.config):
+        protocol_main, protocol_argv = downstream_command(args.config, args.overrides)
+        return protocol_main(protocol_argv)
     cfg = load_config(args.config, args.overrides)
     dist = init_distributed(device=str(cfg.device))
     try:

@@ -116,6 +116,7 @@ KEYS: dict[str, Rule] = {
     "seed": number(0, 2**63 - 1, integer=True),
     "epochs": COUNT, "batch_size": COUNT, "num_workers": COUNT0, "log_interval": COUNT, "max_bad_steps": COUNT,
     "max_iterations": COUNT, "save_interval": COUNT0, "checkpoint_interval": COUNT0,
+    "checkpoint_async": FLAG,
     "device": one_of("auto", "cpu", "cuda"),
     "precision": one_of("fp32", "bf16", "fp16"),
     "grad_clip": NONNEG,  # 0 (or null) = off

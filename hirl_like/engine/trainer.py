@@ -31,6 +31,7 @@ from hirl_like.data.loader import build_train_loader
 from hirl_like.distributed import all_gather_no_grad, all_reduce_sum, barrier
 from hirl_like.engine.checkpoint import (
     CHECKPOINT_NAME,
+    CheckpointWriter,
     capture_rng_state,
     load_checkpoint,
     remove_stale_temp_files,
@@ -42,7 +43,7 @@ from hirl_like.engine.epoch_context import EpochContext, RunInfo
 from hirl_like.engine.logger import ProgressBar, RunningMeans, TrainLogger
 from hirl_like.engine.online_eval import OnlineEval
 from hirl_like.engine.train_step import TrainStep
-from hirl_like.export import stale_exports, write_exports
+from hirl_like.export import export_files, stale_exports, write_exports
 from hirl_like.registry import PIPELINES
 from hirl_like.schedules import Progress
 
@@ -133,6 +134,8 @@ class Trainer:
         self.iteration = 0
         self.bad_steps_total = 0
         self.bad_steps_in_a_row = 0
+        # checkpoint_async: rank 0 writes its saves from a CPU snapshot in a background thread
+        self.checkpoint_writer = CheckpointWriter(asynchronous=bool(cfg.get("checkpoint_async", True)))
         self._resume_if_possible()
 
         if cfg.compile:
@@ -203,18 +206,29 @@ class Trainer:
 
     def save(self, numbered_epoch: int | None = None) -> None:
         """Write the checkpoint and exports (rank 0). Every rank must call it: the unfinished
-        epoch's bad-sample counts are summed over ranks first."""
+        epoch's bad-sample counts are summed over ranks first.
+
+        With ``checkpoint_async`` (the default) the state is copied to CPU here and written in
+        the background: this first waits for the previous save's writes (raising their error,
+        if any), and :meth:`wait_for_checkpoint` waits for this one's.
+        """
         data_state = self.bad_samples.state_dict(reduce=self._reduce_sum)
         if not self.is_main:
             return
         state = self._checkpoint_state(data_state)
         # Exports first: a kill before the checkpoint's rename leaves the previous checkpoint,
         # so the rerun repeats the last steps and writes both again; never a newer checkpoint
-        # beside older exports.
-        write_exports(self.pipeline, self.output_dir)
+        # beside older exports. The writer keeps this order, stops at the first failed file and
+        # starts a save only once the previous one is on disk.
+        files = list(export_files(self.pipeline, self.output_dir).values())
         if numbered_epoch is not None:
-            save_atomic(state, self.output_dir / f"checkpoint{numbered_epoch:04d}.pth")
-        save_atomic(state, self.output_dir / CHECKPOINT_NAME)
+            files.append((state, self.output_dir / f"checkpoint{numbered_epoch:04d}.pth"))
+        files.append((state, self.output_dir / CHECKPOINT_NAME))
+        self.checkpoint_writer.submit(files, save=save_atomic, label=f"the save at iteration {self.iteration}")
+
+    def wait_for_checkpoint(self) -> None:
+        """Wait until the last save is on disk; raise its write error (CheckpointWriteError) if it failed."""
+        self.checkpoint_writer.close()
 
     # -- one step ----------------------------------------------------------------------------
     def train_step(
@@ -254,6 +268,16 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        """Train to the end; returns the summary. Never returns or raises while a checkpoint
+        write is still in flight (a write error is raised, or printed when another error ends
+        the run)."""
+        try:
+            return self._fit()
+        except BaseException:
+            self.checkpoint_writer.close(raise_errors=False)
+            raise
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self.pipeline.train()
         means = RunningMeans()
@@ -310,6 +334,7 @@ class Trainer:
                 self.save(numbered_epoch=numbered)
         if progress_bar is not None:
             progress_bar.close()
+        self.wait_for_checkpoint()  # finished once the last checkpoint and exports are on disk
         summary = self._finish(last_values, time.time() - start_time)
         self.logger.close()
         return summary
