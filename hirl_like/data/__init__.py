@@ -6,6 +6,7 @@ from hirl_like.data import (  # noqa: F401
     digits,
     fashion_mnist,
     image_folder,
+    mask_transforms,
     masking,
     transforms,
     webdataset_shards,

@@ -17,8 +17,8 @@ calls, or whether the run was resumed mid-epoch.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from PIL import Image
 from hirl_like.data.bad_samples import BadSample, BadSampleError, bad_sample
 from hirl_like.data.captions import DEFAULT_TEMPLATES, CaptionGenerator, mix_seed
 from hirl_like.data.tokenizer import ClipTokenizer
+
+if TYPE_CHECKING:
+    from hirl_like.data.masks import MaskSource
 
 _SALT_AUGMENT = 0xA06
 
@@ -48,6 +51,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
     classnames: Sequence[str] = ()
     default_templates: Sequence[str] = DEFAULT_TEMPLATES
+    masks: MaskSource | None = None  # HARL's heuristic masks (set_masks); None: no masks
 
     def __init__(
         self,
@@ -71,6 +75,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self._captioner: CaptionGenerator | None = None
         self._targets: Sequence[int] | None = None
+        self.masks = None
 
     # -- to implement -------------------------------------------------------------------------
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -110,9 +115,47 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         """The 64-bit seed of sample ``index``'s transform in the current epoch."""
         return mix_seed(self.seed, _SALT_AUGMENT, self.epoch, index)
 
+    @staticmethod
+    def validate_config(node: Mapping[str, Any], path: str) -> None:
+        """Load-time check of ``masks`` / ``mask_options`` (:mod:`hirl_like.data.masks`), for the
+        datasets that take them."""
+        if "masks" in node or "mask_options" in node:
+            from hirl_like.data.masks import resolve_mask_options
+
+            resolve_mask_options(node.get("masks"), node.get("mask_options"), where=path or "data")
+
+    def set_masks(
+        self,
+        masks: str | None,
+        mask_options: Mapping[str, Any] | None,
+        identity: Mapping[str, Any],
+        image_root: str | None = None,
+    ) -> None:
+        """Give each sample a heuristic mask (``data.masks``: felzenszwalb | saliency | folder;
+        :class:`~hirl_like.data.masks.MaskSource`); None: no masks. ``identity`` names the images
+        (cache key), ``image_root`` is the folder sample names are relative to (None: no files)."""
+        from hirl_like.data.masks import MaskSource, resolve_mask_options
+
+        resolve_mask_options(masks, mask_options)
+        if masks is None:
+            self.masks = None
+            return
+        # every mask file is checked now, unless the transform would never read them (evaluation)
+        reads = self.transform is None or getattr(self.transform, "takes_mask", False)
+        names = [self.sample_name(i) for i in range(len(self))] if masks == "folder" and image_root and reads else None
+        self.masks = MaskSource(masks, mask_options, {"dataset": type(self).__name__, **identity}, image_root, names)
+
+    def mask_for(self, index: int, img: Image.Image) -> Image.Image | None:
+        """Sample ``index``'s mask (PIL "L", 255 = foreground) when masks are set and the transform
+        takes one (``takes_mask``, e.g. MaskedMultiCropTransform); else None (evaluation transforms)."""
+        if self.masks is None or not getattr(self.transform, "takes_mask", False):
+            return None
+        return self.masks(self.sample_name(index), img)
+
     def _apply_transform(self, img: Image.Image, index: int) -> dict[str, Any]:
         if self.transform is None:
             return {"image": _to_tensor(img)}
+        mask = self.mask_for(index, img)
         seed = self.augmentation_seed(index)
         py_state = random.getstate()
         np_state = np.random.get_state()
@@ -124,7 +167,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             random.seed(seed)
             np.random.seed(seed % (1 << 32))
             try:
-                out = self.transform(img)
+                out = self.transform(img) if mask is None else self.transform(img, mask)
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)

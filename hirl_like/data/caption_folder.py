@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -271,6 +271,7 @@ class ImageCaptionFolder(ImageTextPairs):
         index_cache: optional file storing the scan (read when present and written for this root).
         transform, tokenizer, seed, caption_noise, max_bad_fraction, max_bad_samples: see
             :class:`ImageTextPairs` and :mod:`hirl_like.data.bad_samples`.
+        masks, mask_options: HARL's heuristic masks, see :mod:`hirl_like.data.masks`.
     """
 
     def __init__(
@@ -283,6 +284,8 @@ class ImageCaptionFolder(ImageTextPairs):
         seed: int = 0,
         max_bad_fraction: float = 0.01,
         max_bad_samples: int | None = None,
+        masks: str | None = None,
+        mask_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             transform=transform, tokenizer=tokenizer, caption_noise=caption_noise, seed=seed,
@@ -313,6 +316,7 @@ class ImageCaptionFolder(ImageTextPairs):
         self._has_caption = np.asarray(has_caption, dtype=bool)
         self.missing_captions = int((~self._has_caption).sum())
         self._check_noise()
+        self.set_masks(masks, mask_options, {"root": self.root}, image_root=self.root)  # hirl_like.data.masks
 
     def image_path(self, index: int) -> str:
         return os.path.join(self.root, self._images[index])

@@ -9,7 +9,8 @@ bilinear interpolation and replicated to RGB. The train/val split is a fixed str
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -44,7 +45,11 @@ def _split_indices(val_fraction: float) -> dict[str, np.ndarray]:
 
 @DATASETS.register("Digits")
 class DigitsDataset(ImageCaptionDataset):
-    """scikit-learn digits as an image-caption dataset; ``split`` in {"train", "val", "all"}."""
+    """scikit-learn digits as an image-caption dataset; ``split`` in {"train", "val", "all"}.
+
+    ``masks`` / ``mask_options``: HARL's heuristic masks (felzenszwalb or saliency; the digits have
+    no files, so no ``folder``), see :mod:`hirl_like.data.masks`.
+    """
 
     classnames = DIGIT_CLASSNAMES
     default_templates = DIGIT_TEMPLATES
@@ -59,6 +64,8 @@ class DigitsDataset(ImageCaptionDataset):
         templates: Sequence[str] | None = None,
         caption_noise: float = 0.0,
         seed: int = 0,
+        masks: str | None = None,
+        mask_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             transform=transform, tokenizer=tokenizer, templates=templates, caption_noise=caption_noise, seed=seed
@@ -76,6 +83,8 @@ class DigitsDataset(ImageCaptionDataset):
         self._indices = _split_indices(self.val_fraction)[split]
         self._images = images[self._indices]
         self._targets = labels[self._indices]
+        identity = {"split": split, "image_size": image_size, "val_fraction": self.val_fraction}
+        self.set_masks(masks, mask_options, identity)  # HARL's heuristic masks (hirl_like.data.masks)
 
     def __len__(self) -> int:
         return len(self._indices)

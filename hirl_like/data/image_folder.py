@@ -27,7 +27,8 @@ may hold before training stops.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -107,6 +108,8 @@ class ImageFolderDataset(ImageCaptionDataset):
             (:class:`~hirl_like.data.bad_samples.BadSampleTracker`).
         transform, tokenizer, templates, caption_noise, seed: see
             :class:`~hirl_like.data.base.ImageCaptionDataset`.
+        masks, mask_options: HARL's heuristic masks (felzenszwalb | saliency | folder), see
+            :mod:`hirl_like.data.masks`; ``folder`` reads ``<folder>_masks/<class>/<stem>.png``.
     """
 
     def __init__(
@@ -122,6 +125,8 @@ class ImageFolderDataset(ImageCaptionDataset):
         max_bad_fraction: float = 0.01,
         max_bad_samples: int | None = None,
         labels: str = "folders",
+        masks: str | None = None,
+        mask_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             transform=transform, tokenizer=tokenizer, templates=templates, caption_noise=caption_noise, seed=seed
@@ -168,6 +173,8 @@ class ImageFolderDataset(ImageCaptionDataset):
             folders, self.samples = scan_image_folder(self.folder, key)
             self.classnames = tuple(f.replace("_", " ") for f in folders)
         self._targets = [label for _, label in self.samples]
+        identity = {"folder": os.path.abspath(self.folder), "image_size": image_size}
+        self.set_masks(masks, mask_options, identity, image_root=self.folder)  # hirl_like.data.masks
 
     def __len__(self) -> int:
         return len(self.samples)
