@@ -38,13 +38,28 @@ COLUMNS: list[tuple[str, str, callable]] = [
     ("zeroshot", "zero-shot top-1", lambda r: r["top1"]),
     ("retrieval", "image->text R@1", lambda r: r["i2t_r1"]),
     ("retrieval", "text->image R@1", lambda r: r["t2i_r1"]),
+    ("finetune", "fine-tune top-1", lambda r: r["test_top1"]),
+    ("semisup", "label-fraction fine-tune top-1", lambda r: r["test_top1"]),
+    ("segmentation", "segmentation mIoU", lambda r: r["miou"]),
 ]
+SCRIPTS = {"semisup": "finetune"}  # evaluation -> eval_common/eval_<script>.py, when the names differ
+PER_MODEL_RESULTS = ("knn", "segmentation")  # reports whose "results" map each model's label to its figures
+
+
+def report_stem(name: str, flags: Sequence[str]) -> str:
+    """The report's name, ``eval_<stem>.json``: semisup's carries its label fraction, as
+    eval_finetune.py writes it (``semisup_0.1``)."""
+    if name != "semisup":
+        return name
+    if "--label_fraction" not in flags or flags.index("--label_fraction") + 1 >= len(flags):
+        raise ConfigError("evaluations.semisup needs [--label_fraction, F] (e.g. 0.1): the share of labels it fine-tunes on.")
+    return f"semisup_{float(flags[flags.index('--label_fraction') + 1]):g}"
 
 
 def model_results(name: str, report: dict) -> tuple[dict, dict | None]:
     """(pre-trained results, random-init results or None) of one eval_<name>.json; the random-init
     reference is there when the evaluation ran with --compare_random_init."""
-    if name == "knn":
+    if name in PER_MODEL_RESULTS:
         return report["results"]["pretrained"], report["results"].get("random init")
     return report["results"], report.get("random_init")
 
@@ -131,11 +146,11 @@ def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
         extra = list(cfg.evaluations.get(name, []))
         if name in TEXT_EVALUATIONS and not has_text:
             continue
-        stem = f"eval_{name}" + ("_student" if towers == STUDENT else "")
+        stem = f"eval_{report_stem(name, extra)}" + ("_student" if towers == STUDENT else "")
         if towers == STUDENT:
             extra = [a for a in extra if a != "--compare_random_init"] + ["--towers", STUDENT]
         report = out / f"{stem}.json"
-        cmd = ["launch.py", "--launch", f"eval_common/eval_{name}.py", *cfg.launcher,
+        cmd = ["launch.py", "--launch", f"eval_common/eval_{SCRIPTS.get(name, name)}.py", *cfg.launcher,
                "--pretrained", str(checkpoint), *extra, *cfg.eval_overrides]
         # reused only if made by this exact command from this checkpoint: changed flags re-run it
         marker = out / f"{stem}.done.json"
@@ -149,13 +164,16 @@ def evaluate_method(cfg, result: MethodResult, out: Path) -> None:
         else:
             marker.write_text(json.dumps({"fingerprint": key, "command": cmd}))
     for name, column, read in COLUMNS:
-        report = out / f"eval_{name}.json"
+        if name not in cfg.evaluate and name not in cfg.student_evaluate:
+            continue
+        stem = report_stem(name, list(cfg.evaluations.get(name, [])))
+        report = out / f"eval_{stem}.json"
         if name in cfg.evaluate and report.is_file():
             trained, untrained = model_results(name, json.loads(report.read_text()))
             result.figures[column] = float(read(trained))
             if untrained is not None:
                 result.random_init_figures[column] = float(read(untrained))
-        report = out / f"eval_{name}_student.json"
+        report = out / f"eval_{stem}_student.json"
         if name in cfg.student_evaluate and report.is_file():
             result.figures[column + STUDENT_SUFFIX] = float(read(model_results(name, json.loads(report.read_text()))[0]))
 

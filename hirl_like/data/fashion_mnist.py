@@ -15,7 +15,8 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -111,6 +112,8 @@ class FashionMNISTDataset(ImageCaptionDataset):
     ``split="holdout"``, a validation set carved from training data for choosing
     hyper-parameters without looking at the test split; ``split="train"`` then reads the rest.
     ``limit`` keeps a fixed class-balanced subset of that many samples of the split (fast runs).
+    ``masks`` / ``mask_options``: HARL's heuristic masks (felzenszwalb or saliency; the IDX files
+    hold no per-image files, so no ``folder``), see :mod:`hirl_like.data.masks`.
     """
 
     classnames = FASHION_MNIST_CLASSNAMES
@@ -128,6 +131,8 @@ class FashionMNISTDataset(ImageCaptionDataset):
         templates: Sequence[str] | None = None,
         caption_noise: float = 0.0,
         seed: int = 0,
+        masks: str | None = None,
+        mask_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             transform=transform, tokenizer=tokenizer, templates=templates, caption_noise=caption_noise, seed=seed
@@ -164,6 +169,9 @@ class FashionMNISTDataset(ImageCaptionDataset):
             images, labels = images[keep], labels[keep]
         self._images = images
         self._targets = labels
+        identity = {"root": os.path.abspath(self.root), "split": split, "image_size": image_size, "limit": limit,
+                    "holdout": holdout}
+        self.set_masks(masks, mask_options, identity)  # HARL's heuristic masks (hirl_like.data.masks)
 
     def __len__(self) -> int:
         return len(self._targets)

@@ -235,3 +235,19 @@ def test_digits_with_masks_batch_the_masks(tmp_path):
     loader = build_train_loader(ds, batch_size=4, num_workers=0, seed=0, epoch=0)
     batch = next(iter(loader))
     assert [tuple(m.shape) for m in batch["global_masks"]] == [(4, 1, 16, 16)] * 2
+
+
+def test_fashion_mnist_with_masks_batches_aligned_masks(tmp_path):
+    """Fashion-MNIST takes the heuristic masks too (HARL's comparison data); a mask covers part of
+    the item, not the whole canvas, and is cached under the split's settings."""
+    from hirl_like.data.fashion_mnist import DEFAULT_ROOT, FashionMNISTDataset
+
+    if not os.path.isdir(DEFAULT_ROOT):
+        pytest.skip("needs apt-get install -y dataset-fashion-mnist")
+    transform = MaskedMultiCropTransform(global_size=28, global_scale=(1.0, 1.0), hflip=0.0, color_jitter_p=0.0)
+    ds = FashionMNISTDataset(limit=20, transform=transform, masks="felzenszwalb", mask_options={"cache_dir": str(tmp_path)})
+    masks = [ds[i]["global_masks"][0] for i in range(len(ds))]
+    shares = torch.stack([m.float().mean() for m in masks])
+    assert ((shares > 0.02) & (shares < 0.98)).float().mean() > 0.5  # foreground and background in most images
+    with pytest.raises(ValueError, match="no image files"):
+        FashionMNISTDataset(limit=20, masks="folder")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hirl_like.config import load_config
+from hirl_like.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPARE_DEFAULTS = ROOT / "tools" / "compare_defaults.yaml"
@@ -148,3 +148,45 @@ def test_random_init_columns_put_each_rows_own_untrained_network_beside_it(tmp_p
     assert f"| method | {column} | {column} (its random init) |" in lines[2]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:4]] for line in lines[4:] if line.startswith("| ")}
     assert rows == {"SimSiam": ["60.00", "90.00"], "DINO": ["**70.00**", "50.00"]}
+
+
+def test_finetune_semisup_and_segmentation_columns_run_their_scripts_and_read_their_reports(tmp_path, monkeypatch):
+    """semisup runs eval_finetune.py with its label fraction and reads eval_semisup_<F>.json;
+    segmentation's report maps each model to its figures, as k-NN's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_tool", ROOT / "tools" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare_tool", compare)
+    spec.loader.exec_module(compare)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "main_vit_checkpoint.pth").write_bytes(b"")
+    scripts = []
+
+    def fake_run(cmd, log):
+        script = cmd[cmd.index("--launch") + 1]
+        scripts.append(script)
+        if script.endswith("eval_segmentation.py"):
+            (out / "eval_segmentation.json").write_text(json.dumps(
+                {"results": {"pretrained": {"miou": 41.0}, "random init": {"miou": 20.0}}}))
+        elif "--label_fraction" in cmd:
+            (out / "eval_semisup_0.01.json").write_text(json.dumps({"results": {"test_top1": 55.0}}))
+        else:
+            (out / "eval_finetune.json").write_text(json.dumps({"results": {"test_top1": 80.0},
+                                                                 "random_init": {"test_top1": 70.0}}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(compare, "run", fake_run)
+    (tmp_path / "spec.yaml").write_text("methods: []\n")
+    cfg = load_config(tmp_path / "spec.yaml", ["evaluate=[finetune,semisup,segmentation]",
+                                               "evaluations.semisup=[--label_fraction,'0.01']"], defaults=COMPARE_DEFAULTS)
+    result = compare.MethodResult("MAE")
+    compare.evaluate_method(cfg, result, out)
+    assert scripts == ["eval_common/eval_finetune.py", "eval_common/eval_finetune.py", "eval_common/eval_segmentation.py"]
+    assert result.figures == {"fine-tune top-1": 80.0, "label-fraction fine-tune top-1": 55.0, "segmentation mIoU": 41.0}
+    assert result.random_init_figures == {"fine-tune top-1": 70.0, "segmentation mIoU": 20.0}
+    bad = load_config(tmp_path / "spec.yaml", ["evaluate=[semisup]", "evaluations.semisup=[--epochs,'3']"],
+                      defaults=COMPARE_DEFAULTS)
+    with pytest.raises(ConfigError, match="--label_fraction"):
+        compare.evaluate_method(bad, compare.MethodResult("MAE"), out)
