@@ -267,7 +267,7 @@ def test_run_without_text_tower_is_a_clear_error(script, run_dir, tmp_path, monk
     assert code == 2 and "has no text tower" in err and "--text_pretrained" in err
 
 
-NAMES = ("knn", "clustering", "linear", "zeroshot", "retrieval", "segmentation")
+NAMES = ("knn", "clustering", "linear", "zeroshot", "retrieval", "segmentation", "finetune")
 
 
 @pytest.mark.parametrize("name", NAMES)
