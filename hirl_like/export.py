@@ -12,6 +12,8 @@ Files in a run's ``output_dir``:
 
     {"text": TextTransformer state dict (text_projection included),
      "image_projection": (E, W) weight of the bias-free image projection (W = ViT width),
+       or None with "image_head": {head, in_features, out_features, state} for a builder tower's
+       mlp / dino head (hirl_like.models.builders.projection.projection_export),
      "text_config": MODELS node of the text model, "embed_dim": E, "logit_scale": float,
      "tokenizer": {"name": "clip_bpe", "context_length": L}}
 
@@ -46,6 +48,8 @@ from hirl_like.engine.checkpoint import CHECKPOINT_NAME, TEXT_EXPORT_NAME, VISIO
 from hirl_like.evaluation.checkpoint_files import load_checkpoint_file
 from hirl_like.evaluation.checkpoint_loading import extract_state_dict, load_backbone_strict
 from hirl_like.evaluation.text_tower import TextTower
+from hirl_like.models.builders.pretrained import skip_pretrained
+from hirl_like.models.builders.projection import projection_from_export
 from hirl_like.registry import MODELS, PIPELINES, RegistryError
 
 __all__ = [
@@ -54,7 +58,7 @@ __all__ = [
     "student_pipeline", "text_export", "text_tower_from_export", "vision_export", "write_exports",
 ]
 
-TOKENIZERS = ("clip_bpe",)
+TOKENIZERS = ("clip_bpe", "huggingface")
 DEFAULT_CONTEXT_LENGTH = 77  # TextTransformer's default, CLIP's context
 TEXT_EXPORT_KEYS = ("text", "image_projection", "text_config")  # what a reader cannot do without
 
@@ -78,8 +82,11 @@ def text_export(pipeline: nn.Module) -> dict[str, Any] | None:
     if missing:
         raise ValueError(f"{type(pipeline).__name__}.export_text() lacks {missing}; it gave {sorted(parts)}.")
     payload = dict(parts)
-    context = int(dict(payload["text_config"]).get("context_length", DEFAULT_CONTEXT_LENGTH))
+    text_config = dict(payload["text_config"])
+    context = int(text_config.get("context_length", DEFAULT_CONTEXT_LENGTH))
     payload["tokenizer"] = {"name": "clip_bpe", "context_length": context}
+    if text_config.get("tokenizer"):  # a builder text tower's local Hugging Face tokenizer directory
+        payload["tokenizer"] = {"name": "huggingface", "path": str(text_config["tokenizer"]), "context_length": context}
     return payload
 
 
@@ -142,7 +149,7 @@ def pipeline_from_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike
     node = (payload.get("config") or {}).get("pipeline")
     if not isinstance(node, Mapping):
         raise ValueError(f"{path}: its config has no pipeline node to rebuild the model from.")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), skip_pretrained():  # the stored state replaces every weight
         try:
             pipeline = PIPELINES.build(node)
         except (RegistryError, TypeError, ValueError) as err:
@@ -200,8 +207,12 @@ def _check_towers(towers: str) -> None:
 
 
 def build_vision_backbone(vision_config: Mapping[str, Any]) -> nn.Module:
-    """A randomly initialised backbone of ``vision_config`` (a MODELS node), without drop path, in eval mode."""
-    return MODELS.build({**dict(vision_config), "drop_path_rate": 0.0}).eval()
+    """A randomly initialised backbone of ``vision_config`` (a MODELS node), without drop path, in eval mode.
+
+    A builder tower's ``pretrained`` file is not read (:func:`skip_pretrained`): the weights are
+    random, as the name says, and whatever is loaded next replaces them."""
+    with skip_pretrained():
+        return MODELS.build({**dict(vision_config), "drop_path_rate": 0.0}).eval()
 
 
 def export_target(model: nn.Module) -> nn.Module:
@@ -303,11 +314,15 @@ def default_text_checkpoint(pretrained: str | os.PathLike[str]) -> Path:
     return Path(pretrained).resolve().parent / TEXT_EXPORT_NAME
 
 
-def _tokenizer(spec: Any, context_length: int) -> ClipTokenizer:
+def _tokenizer(spec: Any, context_length: int) -> Any:
     if spec is None:
         return ClipTokenizer(context_length)
     if not isinstance(spec, Mapping) or spec.get("name") not in TOKENIZERS:
         raise ValueError(f"the text checkpoint names tokenizer {spec!r}; supported: {', '.join(TOKENIZERS)}.")
+    if spec["name"] == "huggingface":
+        from hirl_like.data.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer(str(spec["path"]), int(spec.get("context_length", context_length)))
     return ClipTokenizer(int(spec.get("context_length", context_length)))
 
 
@@ -324,10 +339,13 @@ def text_tower_from_export(
             f"{path} is not a text checkpoint: it lacks {missing} (it has {sorted(map(str, payload))}). Pass the "
             f"{TEXT_EXPORT_NAME} or the full {CHECKPOINT_NAME} of a run with a text tower."
         )
-    proj = payload["image_projection"]
-    if not isinstance(proj, Tensor) or proj.ndim != 2:
+    proj, head = payload["image_projection"], payload.get("image_head")
+    if head is not None:  # a non-linear head of a builder tower (mlp, dino)
+        embed_dim, width = int(head["out_features"]), int(head["in_features"])
+    elif not isinstance(proj, Tensor) or proj.ndim != 2:
         raise ValueError(f"{path}: image_projection must be an (E, W) weight tensor, got {type(proj).__name__}.")
-    embed_dim, width = (int(s) for s in proj.shape)
+    else:
+        embed_dim, width = (int(s) for s in proj.shape)
     if vision_width is not None and width != vision_width:
         raise ValueError(
             f"{path}: the image projection takes {width}-d features but the backbone is {vision_width}-d wide: "
@@ -337,12 +355,13 @@ def text_tower_from_export(
     if "name" not in text_config:
         raise ValueError(f"{path}: text_config has no 'name' to rebuild the text model from: {text_config}.")
     text_config.pop("embed_dim", None)  # the projection's shape is the authority
-    with torch.random.fork_rng(devices=[]):  # initial weights, overwritten below
+    with torch.random.fork_rng(devices=[]), skip_pretrained():  # initial weights, overwritten below
         text = MODELS.build(text_config, embed_dim=embed_dim)
-        projection = nn.Linear(width, embed_dim, bias=False)
+        projection = projection_from_export(head) if head is not None else nn.Linear(width, embed_dim, bias=False)
     load_backbone_strict(text, payload["text"])
-    with torch.no_grad():
-        projection.weight.copy_(proj.float())
+    if head is None:
+        with torch.no_grad():
+            projection.weight.copy_(proj.float())
     tokenizer = _tokenizer(payload.get("tokenizer"), int(text_config.get("context_length", DEFAULT_CONTEXT_LENGTH)))
     scale = payload.get("logit_scale")
     return TextTower(text, projection, tokenizer, float(scale) if scale is not None else None)

@@ -26,7 +26,8 @@ INJECTED: dict[tuple[str, str], str] = {
 }
 # Arguments the builder always passes, which a node may repeat (they must agree) but whose default
 # is not what runs: the text tower is built with the pipeline's embed_dim.
-PASSED: dict[tuple[str, str], str] = {("text_transformer", "embed_dim"): "the pipeline's embed_dim"}
+PASSED: dict[tuple[str, str], str] = {(name, "embed_dim"): "the pipeline's embed_dim" for name in
+                                      ("text_transformer", "huggingface", "open_clip", "open_clip_text")}
 _PLAIN = (type(None), bool, int, float, str)
 
 

@@ -116,7 +116,7 @@ KEYS: dict[str, Rule] = {
     "seed": number(0, 2**63 - 1, integer=True),
     "epochs": COUNT, "batch_size": COUNT, "num_workers": COUNT0, "log_interval": COUNT, "max_bad_steps": COUNT,
     "max_iterations": COUNT, "save_interval": COUNT0, "checkpoint_interval": COUNT0,
-    "checkpoint_async": FLAG,
+    "checkpoint_async": FLAG, "compile": FLAG, "channels_last": FLAG, "tf32": FLAG,
     "device": one_of("auto", "cpu", "cuda"),
     "precision": one_of("fp32", "bf16", "fp16"),
     "grad_clip": NONNEG,  # 0 (or null) = off
@@ -126,7 +126,7 @@ KEYS: dict[str, Rule] = {
     "optimizer.weight_decay": NONNEG, "optimizer.weight_decay_end": NONNEG, "optimizer.eps": POSITIVE,
     "optimizer.betas": pair(RATE, ordered=False), "optimizer.momentum": RATE, "optimizer.trust_coeff": POSITIVE,
     # typed by the defaults, but a renamed optimizer node is free-form: its flags are checked here
-    "optimizer.scale_lr": FLAG, "optimizer.nesterov": FLAG, "optimizer.fused": either(FLAG, one_of("auto")),
+    "optimizer.scale_lr": FLAG, "optimizer.nesterov": FLAG, "optimizer.fused": either(FLAG, one_of("auto", "foreach")),
     # online evaluation (engine/online_eval.py); these are the node's only keys (CLOSED_NODES)
     "online_eval.knn_every": SPAN, "online_eval.knn_k": COUNT, "online_eval.knn_temperature": POSITIVE,
     "online_eval.train_samples": COUNT, "online_eval.val_samples": COUNT, "online_eval.val_split": TEXT,
@@ -180,6 +180,8 @@ ARGUMENTS: dict[str, Rule] = {
     "clip.image_mask": one_of("none", "random", "attentive"), "image_mask_ratio": RATE,
     **dict.fromkeys(("pred_ratio", "pred_ratio_var"), either(RATE, items(RATE))),
     "min_aspect": number(0, 1, lo_open=True),
+    # builder towers (models/builders): LiT lock, LoRA, the text pooler
+    "lock": FLAG, "adapter": one_of("lora"), "pooler": one_of("cls", "mean", "eos"),
     "norm": one_of("bn", "ln"),
 }
 

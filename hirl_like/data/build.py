@@ -23,11 +23,23 @@ def text_context_length(cfg: DictConfig) -> int:
     return int(text.get("context_length", 77)) if text else 77
 
 
+def text_tokenizer(cfg: DictConfig) -> Any:
+    """The caption tokenizer: the CLIP BPE at the text tower's context length, or the local Hugging
+    Face tokenizer directory a builder text tower names (``pipeline.text.tokenizer``)."""
+    text = cfg.pipeline.get("text")
+    path = text.get("tokenizer") if text else None
+    if path:
+        from hirl_like.data.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer(str(path), text_context_length(cfg))
+    return ClipTokenizer(context_length=text_context_length(cfg))
+
+
 def build_train_dataset(cfg: DictConfig, needs_text: bool) -> torch.utils.data.Dataset:
     """``cfg.data`` with the config's training transform (``cfg.transform``); captions are
     tokenised only when the pipeline has a text tower."""
     transform = TRANSFORMS.build(cfg.transform)
-    tokenizer = ClipTokenizer(context_length=text_context_length(cfg)) if needs_text else None
+    tokenizer = text_tokenizer(cfg) if needs_text else None
     return DATASETS.build(cfg.data, transform=transform, tokenizer=tokenizer, seed=int(cfg.seed))
 
 

@@ -8,6 +8,12 @@ guard, the pipeline's pre-step hooks (frozen last layers), optimizer and scaler 
 pipeline's post-step hooks (EMA teachers, logit-scale clamp).
 
 What the benchmark times is therefore what training runs: same clipping, autocast, optimizer.
+
+Speed options, applied by :meth:`TrainStep.from_config` (so the trainer and the benchmark share them):
+``compile`` (:func:`compile_blocks`: ``torch.compile`` of every Transformer / residual block,
+same losses as eager), ``channels_last`` (convolution weights and 4-D image batches in NHWC, for
+ResNets on GPUs), ``tf32`` (CUDA: TF32 tensor cores for fp32 matmuls and convolutions; on by default).
+Precision: ``bf16`` autocast, ``fp16`` autocast with a GradScaler, or ``fp32``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,60 @@ from hirl_like.pipelines.step_cache import step_seed
 from hirl_like.schedules import Progress
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compiled_block_types() -> tuple[type, ...]:
+    """The repeated blocks :func:`compile_blocks` compiles: timm's ViT ``Block`` (vision towers, the
+    text transformer, the MAE and MLM decoders) and timm's ResNet ``BasicBlock`` / ``Bottleneck``."""
+    from timm.models.resnet import BasicBlock, Bottleneck
+    from timm.models.vision_transformer import Block
+
+    return (Block, BasicBlock, Bottleneck)
+
+
+def compile_blocks(pipeline: nn.Module) -> int:
+    """``torch.compile`` every repeated block of ``pipeline`` in place; returns how many.
+
+    Blocks, not towers: the pipelines call towers through methods other than ``forward``
+    (``forward_tokens``, ``forward_features``), which ``Module.compile`` would not reach, and a
+    block's graph is the same for every block of a tower, so it compiles once per input shape.
+    ``Module.compile`` keeps parameters and state-dict keys, so checkpoints and exports load with
+    or without compilation. Random ops (drop path) draw from torch's generator as in eager mode
+    (inductor's ``fallback_random``), so a compiled run takes the steps an eager run takes, up to
+    float rounding (tests/engine/test_compile.py), and resumes exactly.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    types = compiled_block_types()
+    blocks = [m for m in pipeline.modules() if isinstance(m, types)]
+    # A tower built from other blocks (open_clip / Hugging Face builders): its forward, whole.
+    backbones = getattr(pipeline, "backbones", None)
+    for name in ("student_vision", "teacher_vision", "student_text", "teacher_text"):
+        tower = getattr(backbones, name, None)
+        if isinstance(tower, nn.Module) and not any(isinstance(m, types) for m in tower.modules()):
+            blocks.append(tower)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def configure_cuda_math(tf32: bool) -> None:
+    """TF32 tensor cores for fp32 matmuls (cuBLAS) and convolutions (cuDNN), or full fp32 (CUDA only;
+    bf16/fp16 autocast regions are unaffected)."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+
+
+def to_channels_last(batch: Any) -> Any:
+    """4-D floating tensors (image batches, also inside lists and dicts) in channels-last layout."""
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 and batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_channels_last(v) for v in batch)
+    return batch
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
@@ -64,7 +124,8 @@ class TrainStep:
     optimizer, schedule: from :func:`~hirl_like.engine.optim.build_optimizer`.
     device: where the batch goes. precision: fp32 | bf16 | fp16 (fp16 uses a GradScaler).
     grad_clip: the clipping bound, None or 0 = off. grad_clip_mode: global | per_tensor.
-    rank: this process's rank (drop-path seed).
+    rank: this process's rank (drop-path seed). channels_last: give the forward 4-D image
+        batches in channels-last layout (the pipeline's weights are converted by ``from_config``).
 
     ``model`` is what the forward calls: the pipeline, or its DDP wrapper once the trainer sets it.
     """
@@ -80,6 +141,7 @@ class TrainStep:
         grad_clip: float | None = None,
         grad_clip_mode: str = "global",
         rank: int = 0,
+        channels_last: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r}; choose one of {sorted(PRECISIONS)}.")
@@ -95,6 +157,7 @@ class TrainStep:
         self.grad_clip = float(grad_clip) if grad_clip else None
         self.grad_clip_mode = check_grad_clip_mode(grad_clip_mode)
         self.rank = rank
+        self.channels_last = bool(channels_last)
 
     @classmethod
     def from_config(
@@ -108,7 +171,16 @@ class TrainStep:
         schedule_iterations: int,
         rank: int = 0,
     ) -> "TrainStep":
-        """The step a config describes: ``optimizer`` node, ``precision``, ``grad_clip``, ``grad_clip_mode``."""
+        """The step a config describes: ``optimizer`` node, ``precision``, ``grad_clip``, ``grad_clip_mode``,
+        and the speed options ``compile``, ``channels_last`` and ``tf32`` (module docstring), which
+        change ``pipeline`` in place (before the optimizer takes its parameters)."""
+        if device.type == "cuda":
+            configure_cuda_math(bool(cfg.get("tf32", True)))
+        channels_last = bool(cfg.get("channels_last", False))
+        if channels_last:
+            pipeline.to(memory_format=torch.channels_last)  # 4-D weights only; the same Parameter objects
+        if cfg.get("compile", False):
+            compile_blocks(pipeline)
         optimizer, schedule = build_optimizer(
             cfg["optimizer"], pipeline, global_batch, iters_per_epoch, schedule_iterations, device
         )
@@ -116,6 +188,7 @@ class TrainStep:
         return cls(
             pipeline, optimizer, schedule, device=device, precision=str(cfg["precision"]),
             grad_clip=None if clip is None else float(clip), grad_clip_mode=cfg.get("grad_clip_mode", "global"), rank=rank,
+            channels_last=channels_last,
         )
 
     def autocast(self):
@@ -133,6 +206,8 @@ class TrainStep:
         schedules = self.pipeline.update_schedules(progress)
         torch.manual_seed(step_seed(progress.seed, progress.iteration, self.rank))  # drop path
         batch = move_to(batch, self.device)
+        if self.channels_last:
+            batch = to_channels_last(batch)
         with self.autocast():
             out = self.model(batch)
         terms = self.pipeline.take_weighted_terms() if hasattr(self.pipeline, "take_weighted_terms") else {}

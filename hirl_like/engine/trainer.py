@@ -27,7 +27,7 @@ from torch import nn
 from hirl_like.config import save_config, to_dict
 from hirl_like.data.bad_samples import BAD_KEY, BadSampleTracker
 from hirl_like.data.build import build_train_dataset
-from hirl_like.data.loader import build_train_loader
+from hirl_like.data.loader import TrainLoaders
 from hirl_like.distributed import all_gather_no_grad, all_reduce_sum, barrier
 from hirl_like.engine.checkpoint import (
     CHECKPOINT_NAME,
@@ -50,16 +50,6 @@ from hirl_like.schedules import Progress
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-def compile_encoders(pipeline: nn.Module) -> None:
-    """``torch.compile`` the encoders in place (``Module.compile`` keeps state-dict keys, so
-    checkpoints stay loadable without compilation)."""
-    backbones = pipeline.backbones
-    for name in ("student_vision", "teacher_vision", "student_text", "teacher_text"):
-        module = getattr(backbones, name, None)
-        if module is not None:
-            module.compile()
 
 
 # Keys that define the schedules of a run: resuming under other values would continue a run that
@@ -126,6 +116,7 @@ class Trainer:
         if callable(check_run := getattr(self.pipeline, "check_run", None)):  # before any step or resume
             check_run(RunInfo(num_samples=len(self.dataset), epochs=int(cfg.epochs), iters_per_epoch=self.iters_per_epoch))
 
+        # also applies compile / channels_last / tf32 (hirl_like/engine/train_step.py)
         self.stepper = TrainStep.from_config(
             cfg, self.pipeline, device=self.device, global_batch=global_batch, iters_per_epoch=self.iters_per_epoch,
             schedule_iterations=self.schedule_iterations, rank=dist.rank,
@@ -138,8 +129,6 @@ class Trainer:
         self.checkpoint_writer = CheckpointWriter(asynchronous=bool(cfg.get("checkpoint_async", True)))
         self._resume_if_possible()
 
-        if cfg.compile:
-            compile_encoders(self.pipeline)
         if dist.world_size > 1:
             self.stepper.model = nn.parallel.DistributedDataParallel(
                 self.pipeline,
@@ -289,20 +278,20 @@ class Trainer:
                 total=self.total_iterations, initial=self.iteration, log_interval=int(cfg.log_interval), desc="train"
             )
         last_values: dict[str, float] = {}
+        # One loader for the run: map-style data keeps its workers across epochs (hirl_like/data/loader.py).
+        loaders = TrainLoaders(
+            self.dataset,
+            batch_size=self.batch_size,
+            num_workers=int(cfg.num_workers),
+            seed=int(cfg.seed),
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            pin_memory=self.device.type == "cuda",
+        )
         while self.iteration < self.total_iterations:
             epoch, start_in_epoch = divmod(self.iteration, self.iters_per_epoch)
             self._start_epoch(epoch)
-            loader = build_train_loader(
-                self.dataset,
-                batch_size=self.batch_size,
-                num_workers=int(cfg.num_workers),
-                seed=int(cfg.seed),
-                epoch=epoch,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                start_iteration=start_in_epoch,
-                pin_memory=self.device.type == "cuda",
-            )
+            loader = loaders.for_epoch(epoch, start_in_epoch)
             for batch in loader:
                 if self.iteration >= self.total_iterations:
                     break
@@ -332,6 +321,7 @@ class Trainer:
                 self._end_data_epoch(epoch, complete)
                 numbered = epoch_done if cfg.save_interval and epoch_done % int(cfg.save_interval) == 0 else None
                 self.save(numbered_epoch=numbered)
+        loaders.close()
         if progress_bar is not None:
             progress_bar.close()
         self.wait_for_checkpoint()  # finished once the last checkpoint and exports are on disk

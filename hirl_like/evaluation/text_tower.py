@@ -27,17 +27,18 @@ class TextTower(nn.Module):
 
     Args:
         text: the text model, (B, L) token ids -> (B, E) embeddings.
-        image_projection: bias-free Linear W -> E applied to the ViT's CLS feature.
+        image_projection: bias-free Linear W -> E applied to the ViT's CLS feature, or a builder
+            tower's projection head (any module with ``in_features`` W and ``out_features`` E).
         tokenizer: list of B strings -> (B, L) token ids.
         logit_scale: the trained CLIP temperature exp(t), when known (reported; the metrics rank
             by cosine and do not need it).
     """
 
     def __init__(
-        self, text: nn.Module, image_projection: nn.Linear, tokenizer: Tokenizer, logit_scale: float | None = None
+        self, text: nn.Module, image_projection: nn.Module, tokenizer: Tokenizer, logit_scale: float | None = None
     ) -> None:
         super().__init__()
-        if image_projection.bias is not None:
+        if isinstance(image_projection, nn.Linear) and image_projection.bias is not None:
             raise ValueError("the image projection of a CLIP text tower has no bias; got a Linear with one.")
         self.text = text.eval()
         self.image_projection = image_projection.eval()
@@ -56,7 +57,7 @@ class TextTower(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.image_projection.weight.device
+        return next(self.text.parameters()).device
 
     @torch.no_grad()
     def encode_text(self, tokens: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from timm.layers import DropPath
 
+from hirl_like.models.builders.projection import build_projection_head
 from hirl_like.registry import MODELS
 
 
@@ -36,10 +37,10 @@ class Backbones(nn.Module):
         self.embed_dim = embed_dim
         self.student_vision = MODELS.build(self.vision_cfg)
         self.student_text: nn.Module | None = None
-        self.image_projection: nn.Linear | None = None
+        self.image_projection: nn.Module | None = None  # W -> E: a bias-free Linear, or the vision node's head
         self.teacher_vision: nn.Module | None = None
         self.teacher_text: nn.Module | None = None
-        self.teacher_image_projection: nn.Linear | None = None
+        self.teacher_image_projection: nn.Module | None = None
         self._want_vision_teacher = False
         self._want_text_teacher = False
         self._export_student = False
@@ -57,6 +58,10 @@ class Backbones(nn.Module):
             )
         self.student_text = MODELS.build(self.text_cfg, embed_dim=self.embed_dim)
         width = self.student_vision.embed_dim
+        head = getattr(self.student_vision, "projection_head", None)  # builder towers' ``head`` node
+        if head is not None:
+            self.image_projection = build_projection_head(head, width, self.embed_dim, "pipeline.vision.head")
+            return
         self.image_projection = nn.Linear(width, self.embed_dim, bias=False)
         nn.init.normal_(self.image_projection.weight, std=width**-0.5)
 
@@ -140,7 +145,7 @@ class Backbones(nn.Module):
             return self.student_vision
         return self.teacher_vision
 
-    def exported_text(self) -> tuple[nn.Module | None, nn.Linear | None]:
+    def exported_text(self) -> tuple[nn.Module | None, nn.Module | None]:
         """(text encoder, image projection) for zero-shot: the projection always pairs with the
         exported vision backbone (teacher with teacher), the text encoder is the EMA teacher when
         there is one; all students after :meth:`prefer_student_export`."""

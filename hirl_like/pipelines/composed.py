@@ -38,6 +38,7 @@ from torch import nn
 import hirl_like.pipelines.forwards  # noqa: F401  (registers every shared forward)
 import hirl_like.pipelines.objectives  # noqa: F401  (registers every objective)
 from hirl_like.distributed import get_rank
+from hirl_like.models.builders.projection import projection_export
 from hirl_like.pipelines.backbones import Backbones, ema_update
 from hirl_like.pipelines.forward_table import SHARED_FORWARDS, ForwardKey, forward_key
 from hirl_like.pipelines.objective import Objective
@@ -318,9 +319,10 @@ class ComposedPipeline(nn.Module):
         text, image_projection = self.backbones.exported_text()
         if text is None or image_projection is None:
             return None
+        head_node = getattr(self.backbones.student_vision, "projection_head", None)  # builder towers' head
         payload: dict[str, Any] = {
             "text": {k: v.detach().clone() for k, v in text.state_dict().items()},
-            "image_projection": image_projection.weight.detach().clone(),
+            **projection_export(image_projection, head_node),  # the (E, W) weight, or a non-linear head
             "text_config": dict(self.backbones.text_cfg or {}),
             "embed_dim": self.backbones.embed_dim,
         }

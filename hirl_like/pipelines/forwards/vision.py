@@ -7,6 +7,10 @@ the images unmasked (``pred_ratio [0, 0.3]``), and an unmasked row of crop 1 is 
 input, so CLIP's student image pass runs only on the rows iBOT masked. For that, iBOT provides
 its masks in :meth:`Objective.prepare <hirl_like.pipelines.objective.Objective.prepare>`, before
 any objective's forward, whatever the order of objectives in the config.
+
+A backbone without a token forward (a ResNet, the builder towers of ``hirl_like.models.builders``:
+open_clip, timm, torchvision) gives CLIP its pooled (B, W) feature of crop 1 in place of the [CLS]
+token, for the student and for the EMA teacher (in eval mode); patch dropping needs a ViT.
 """
 
 from __future__ import annotations
@@ -17,6 +21,13 @@ from hirl_like.data.masking import attentive_keep, random_masking
 from hirl_like.pipelines.backbones import l2_normalize
 from hirl_like.pipelines.forward_table import SHARED_FORWARDS
 from hirl_like.pipelines.step_cache import StepCache
+
+
+def gives_tokens(backbone: torch.nn.Module) -> bool:
+    """True for a ViT with ``forward_tokens`` ([CLS] at index 0); False for a backbone that gives
+    only a pooled (B, W) feature (a ResNet, the builder towers of ``hirl_like.models.builders``)."""
+    return callable(getattr(backbone, "forward_tokens", None))
+
 
 SHARED_FORWARDS.declare_provided(
     "student_global_masks",
@@ -56,6 +67,8 @@ def student_crop1_cls(step: StepCache) -> torch.Tensor:
     taken from that forward (the same input through the same network); only the others run again.
     """
     vit, crop1 = step.backbones.student_vision, step.view("global_crops")[0]
+    if not gives_tokens(vit):  # a CNN or a builder tower (open_clip, timm, torchvision): its pooled feature
+        return vit(crop1)
     masks = step.peek("student_global_masks")
     if masks is None:
         return vit.forward_tokens(crop1)[:, 0]
@@ -84,8 +97,11 @@ def teacher_global_tokens(step: StepCache) -> torch.Tensor:
 @torch.no_grad()
 def teacher_image_embedding(step: StepCache) -> torch.Tensor:
     """(B, E) L2-normalised teacher CLIP embedding of global crop 1 (rows of teacher_global_tokens)."""
-    b = step.view("global_crops")[0].shape[0]
-    cls = step.get("teacher_global_tokens")[:b, 0]
+    crop1 = step.view("global_crops")[0]
+    teacher = step.backbones.teacher_vision
+    if teacher is not None and not gives_tokens(teacher):  # pooled-feature tower, in eval mode (running BN statistics)
+        return l2_normalize(step.backbones.teacher_image_projection(teacher(crop1)))
+    cls = step.get("teacher_global_tokens")[: crop1.shape[0], 0]
     return l2_normalize(step.backbones.teacher_image_projection(cls))
 
 
@@ -119,6 +135,9 @@ def student_masked_image_embedding(step: StepCache, mode: str, ratio: float) -> 
     """(B, E) L2-normalised student CLIP embedding of global crop 1 with only the kept patches
     through the encoder (FLIP-style token drop: the saving of masking the CLIP image)."""
     crop1 = step.view("global_crops")[0]
+    if not gives_tokens(step.backbones.student_vision):
+        raise ValueError(f"clip.image_mask={mode!r} drops ViT patches; the {type(step.backbones.student_vision).__name__} "
+                         "tower has no patch tokens: use image_mask: none or the vit model.")
     ids_keep = step.get("clip_image_keep_ids", mode=mode, ratio=ratio)
     cls = step.backbones.student_vision.forward_tokens(crop1, ids_keep=ids_keep)[:, 0]
     return l2_normalize(step.backbones.image_projection(cls))
