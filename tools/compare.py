@@ -34,6 +34,7 @@ COLUMNS: list[tuple[str, str, callable]] = [
     ("knn", "k-NN top-1 (k=20)", lambda r: r["20"]["top1"]),
     ("linear", "linear top-1", lambda r: r["test_top1"]),
     ("clustering", "clustering NMI", lambda r: r["nmi"]),
+    ("clustering", "clustering AMI", lambda r: r["ami"]),
     ("clustering", "clustering acc", lambda r: r["acc"]),
     ("zeroshot", "zero-shot top-1", lambda r: r["top1"]),
     ("retrieval", "image->text R@1", lambda r: r["i2t_r1"]),

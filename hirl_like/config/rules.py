@@ -132,9 +132,10 @@ KEYS: dict[str, Rule] = {
     "online_eval.train_samples": COUNT, "online_eval.val_samples": COUNT, "online_eval.val_split": TEXT,
     "online_eval.towers": one_of("exported", "student"), "online_eval.batch_size": COUNT,
     "online_eval.collapse_indicators": FLAG, "online_eval.collapse_warn_after": COUNT0,
+    "tuned_on.data": TEXT, "tuned_on.advice": TEXT,  # engine/recipe_scope.py
 }
 
-CLOSED_NODES: tuple[str, ...] = ("online_eval",)
+CLOSED_NODES: tuple[str, ...] = ("online_eval", "tuned_on")
 """Plain nodes whose keys are exactly those ``KEYS`` has rules for: a key added with ``+`` is refused too."""
 
 ARGUMENTS: dict[str, Rule] = {

@@ -42,6 +42,7 @@ from hirl_like.engine.dist_setup import DistInfo
 from hirl_like.engine.epoch_context import EpochContext, RunInfo
 from hirl_like.engine.logger import ProgressBar, RunningMeans, TrainLogger
 from hirl_like.engine.online_eval import OnlineEval
+from hirl_like.engine.recipe_scope import warn_if_off_tuned_data
 from hirl_like.engine.train_step import TrainStep
 from hirl_like.export import export_files, stale_exports, write_exports
 from hirl_like.registry import PIPELINES
@@ -138,6 +139,7 @@ class Trainer:
         self.logger = TrainLogger(self.output_dir, enabled=self.is_main, tensorboard=bool(cfg.tensorboard))
         self.online_eval = OnlineEval.for_trainer(self)  # online_eval: k-NN every knn_every, collapse indicators
         if self.is_main:
+            warn_if_off_tuned_data(cfg)
             warn_if_teachers_lag(self.pipeline, self.iters_per_epoch, self.schedule_iterations, self.total_iterations)
 
     # -- resume ------------------------------------------------------------------------------
