@@ -193,7 +193,7 @@ def random_init_row(results: list[MethodResult]) -> MethodResult | None:
     and clustering when those ran with --compare_random_init)."""
     for r in results:
         if r.random_init_figures:
-            return MethodResult(f"random init ({r.label}'s ViT)", status=f"{REFERENCE_STATUS}, not trained",
+            return MethodResult(f"random init ({r.label}'s network)", status=f"{REFERENCE_STATUS}, not trained",
                                 figures=dict(r.random_init_figures))
     return None
 

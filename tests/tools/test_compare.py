@@ -53,14 +53,14 @@ def test_tiny_comparison_writes_tables_marks_failures_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "results.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
-    assert set(rows) == {"method", "CLIP", "MAE", "Broken", "random init (CLIP's ViT)"}
-    assert "**" not in rows["random init (CLIP's ViT)"]  # a reference, never the best
+    assert set(rows) == {"method", "CLIP", "MAE", "Broken", "random init (CLIP's network)"}
+    assert "**" not in rows["random init (CLIP's network)"]  # a reference, never the best
     assert "failed in training" in rows["Broken"] and "depthh" in rows["Broken"]
     assert "k-NN top-1 (k=20)" in rows["method"] and "zero-shot top-1" in rows["method"]
     assert "clustering NMI" not in rows["method"]  # only the evaluations listed under `evaluate` run
     assert "time vs CLIP" in rows["method"] and "peak memory vs CLIP" in rows["method"]
     assert rows["CLIP"].count("1.00x") == 2  # the baseline row against itself
-    random_cells = [c.strip() for c in rows["random init (CLIP's ViT)"].split("|")]
+    random_cells = [c.strip() for c in rows["random init (CLIP's network)"].split("|")]
     linear_at = [c.strip() for c in rows["method"].split("|")].index("linear top-1")
     assert random_cells[linear_at] != "—"  # linear ran with --compare_random_init: a reference figure too
     assert "**" in table  # the best value of each column is marked
